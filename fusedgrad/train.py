@@ -1,0 +1,160 @@
+"""The tutorial's two-layer network, trained with fusedgrad ops or with plain PyTorch.
+
+    y_pred = relu(x @ w1) @ w2,   loss = sum((y_pred - y)**2),   w -= lr * w.grad
+
+Both loops draw the same data from the same seed and update the weights with the same
+expression, so they differ only in how the forward and backward GEMMs run. The loss is read
+back to the host only on the steps that print (1, 100, 200, ...), as in the tutorial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import torch
+
+from . import dispatch
+from .matmul import mm, mm_relu
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int = 500
+    batch: int = 64
+    d_in: int = 1000
+    hidden: int = 100
+    d_out: int = 10
+    lr: float = 1e-6
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    backend: str = "auto"
+    reference: bool = False
+
+
+@dataclasses.dataclass
+class TrainResult:
+    losses: dict[int, float]  # step -> loss, for the steps that print
+    steps: int
+    seconds: float
+    device: str
+    backend: str
+    w1: torch.Tensor
+    w2: torch.Tensor
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / self.seconds if self.seconds > 0 else float("inf")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_problem(config: TrainConfig, device: torch.device, dtype: torch.dtype):
+    """x, y, w1, w2 drawn from `config.seed` on the CPU, so every device sees the same numbers."""
+    generator = torch.Generator().manual_seed(config.seed)
+    shapes = [(config.batch, config.d_in), (config.batch, config.d_out),
+              (config.d_in, config.hidden), (config.hidden, config.d_out)]
+    x, y, w1, w2 = (torch.randn(shape, generator=generator).to(device, dtype) for shape in shapes)
+    return x, y, w1.requires_grad_(), w2.requires_grad_()
+
+
+def forward_fused(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    return mm(mm_relu(x, w1), w2)
+
+
+def forward_reference(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    return x.mm(w1).clamp(min=0).mm(w2)
+
+
+def _step(forward: Callable, x, y, w1, w2, lr: float) -> torch.Tensor:
+    loss = (forward(x, w1, w2) - y).pow(2).sum()
+    loss.backward()
+    with torch.no_grad():
+        w1 -= lr * w1.grad
+        w2 -= lr * w2.grad
+    w1.grad = w2.grad = None
+    return loss
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def should_print(step: int) -> bool:
+    return step == 1 or step % 100 == 0
+
+
+def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
+    """Run the tutorial loop; `log` gets the progress lines. One warm-up step on copies of the
+    weights (kernel compilation, allocator warm-up) runs before the clock starts."""
+    device = resolve_device(config.device)
+    dtype = getattr(torch, config.dtype)
+    x, y, w1, w2 = make_problem(config, device, dtype)
+    forward = forward_reference if config.reference else forward_fused
+
+    with dispatch.backend(config.backend):
+        backend = "reference (eager PyTorch)" if config.reference else dispatch.resolve(x)
+        warm_w1, warm_w2 = (w.detach().clone().requires_grad_() for w in (w1, w2))
+        _step(forward, x, y, warm_w1, warm_w2, config.lr)
+        _synchronize(device)
+
+        losses: dict[int, float] = {}
+        start = time.perf_counter()
+        for step in range(1, config.steps + 1):
+            loss = _step(forward, x, y, w1, w2, config.lr)
+            if should_print(step):
+                losses[step] = loss.item()
+                log(f"Step: {step} : {losses[step]}")
+        _synchronize(device)
+        seconds = time.perf_counter() - start
+
+    return TrainResult(losses=losses, steps=config.steps, seconds=seconds, device=describe_device(device),
+                       backend=backend, w1=w1.detach(), w2=w2.detach())
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def environment(device: torch.device) -> dict:
+    """Versions and hardware for result files: GPU, driver/CUDA, torch, triton, Python, commit."""
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": getattr(sys.modules.get("triton"), "__version__", None),
+        "cuda": torch.version.cuda,
+        "git_commit": os.environ.get("GIT_COMMIT") or _command_output(["git", "rev-parse", "HEAD"]),
+        "device": describe_device(device),
+        "platform": platform.platform(),
+    }
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        info["gpu"] = properties.name
+        info["gpu_multiprocessors"] = properties.multi_processor_count
+        info["gpu_memory_bytes"] = properties.total_memory
+        info["cuda_driver"] = _command_output(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+    return info
+
+
+def _command_output(command: list[str]) -> str | None:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip().splitlines()[0] if result.returncode == 0 and result.stdout.strip() else None

@@ -1,0 +1,50 @@
+"""Shared test helpers: tolerances, the kernel device, operand layouts, a float64 oracle."""
+
+import torch
+
+# Norm-relative error bounds ||actual - reference|| / ||reference|| against a float64 reference.
+# fp32 dots are exact in the interpreter and IEEE on the GPU unless tf32 is asked for.
+TOLERANCE = {"float64": 1e-12, "float32": 1e-5, "tf32": 3e-3, "float16": 3e-3, "bfloat16": 2e-2}
+
+
+def kernel_device() -> str:
+    """Where the Triton kernels run in this session: compiled on CUDA, else interpreted on CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def assert_close(actual: torch.Tensor, reference: torch.Tensor, precision: str) -> None:
+    """`actual` matches a float64 `reference`: same shape, NaN and +-Inf in the same places, and
+    the finite entries within the norm-relative bound of `precision`."""
+    assert actual.shape == reference.shape, (actual.shape, reference.shape)
+    actual = actual.detach().double().cpu()
+    reference = reference.detach().double().cpu()
+    assert torch.equal(actual.isnan(), reference.isnan()), "NaN positions differ"
+    infinite = reference.isinf()
+    assert torch.equal(actual.isinf(), infinite), "Inf positions differ"
+    assert torch.equal(actual[infinite], reference[infinite]), "Inf signs differ"
+    finite = reference.isfinite()
+    error = (actual[finite] - reference[finite]).norm()
+    scale = reference[finite].norm().clamp_min(1e-30)
+    assert error <= TOLERANCE[precision] * scale, f"relative error {error / scale:.3e} > {TOLERANCE[precision]}"
+
+
+def make_operand(rows: int, cols: int, dtype, device, layout: str = "contiguous") -> torch.Tensor:
+    """A fresh random (rows, cols) tensor stored as `layout`: contiguous, transposed (a view of a
+    (cols, rows) tensor) or sliced (every other column of a wider tensor)."""
+    if layout == "contiguous":
+        return torch.randn(rows, cols, dtype=dtype, device=device)
+    if layout == "transposed":
+        return torch.randn(cols, rows, dtype=dtype, device=device).T
+    if layout == "sliced":
+        return torch.randn(rows, 2 * cols + 1, dtype=dtype, device=device)[:, 1::2]
+    raise ValueError(layout)
+
+
+def relu_matmul_float64(a: torch.Tensor, b: torch.Tensor, grad_out: torch.Tensor, relu: bool = True):
+    """Output and gradients of relu(a @ b) (or a @ b) by torch autograd in float64 on the CPU."""
+    a64, b64 = (t.detach().double().cpu().requires_grad_() for t in (a, b))
+    out = a64 @ b64
+    if relu:
+        out = torch.relu(out)
+    out.backward(grad_out.detach().double().cpu())
+    return out.detach(), a64.grad, b64.grad

@@ -1,0 +1,107 @@
+"""Tier 3: needs CUDA (skipped without it; `pytest -m gpu` runs only these).
+
+The tier-2 tests also run compiled on the GPU when CUDA is present; these add what the
+interpreter cannot show: tf32 versus IEEE fp32 dots, bf16, a full training run and an operand
+beyond 2**31 elements.
+"""
+
+import contextlib
+
+import pytest
+import torch
+
+import fusedgrad
+from fusedgrad.train import TrainConfig, train
+from helpers import assert_close, make_operand, relu_matmul_float64
+
+pytestmark = pytest.mark.gpu
+
+
+@contextlib.contextmanager
+def fp32_precision(value):
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.fp32_precision
+    matmul.fp32_precision = value
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = saved
+
+
+def relative_error(actual, reference):
+    return ((actual.double().cpu() - reference).norm() / reference.norm()).item()
+
+
+def fused_and_aten(a, b, grad_out):
+    results = []
+    for name in ("triton", "aten"):
+        la, lb = a.detach().requires_grad_(), b.detach().requires_grad_()
+        with fusedgrad.backend(name):
+            out = fusedgrad.mm_relu(la, lb)
+        out.backward(grad_out)
+        results.append((out, la.grad, lb.grad))
+    return results
+
+
+@pytest.mark.parametrize("precision, dtype", [("float32", torch.float32), ("tf32", torch.float32),
+                                              ("float16", torch.float16), ("bfloat16", torch.bfloat16)])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_precisions_match_float64_and_cublas(precision, dtype, layout):
+    a = make_operand(300, 1000, dtype, "cuda", layout)
+    b = make_operand(1000, 260, dtype, "cuda")
+    grad_out = torch.randn(300, 260, dtype=dtype, device="cuda")
+    with fp32_precision("tf32" if precision == "tf32" else "ieee"):
+        ours, cublas = fused_and_aten(a, b, grad_out)
+    reference = relu_matmul_float64(a, b, grad_out)
+    for mine, theirs, ref in zip(ours, cublas, reference):
+        assert mine.dtype == dtype
+        assert_close(mine, ref, precision)
+        # Same setting, same precision class: our error is within 4x of cuBLAS's (or tiny).
+        assert relative_error(mine, ref) <= max(4 * relative_error(theirs, ref), 1e-6)
+    if precision == "tf32":  # the setting reaches the kernel: tf32 is far coarser than IEEE
+        assert relative_error(ours[0], reference[0]) > 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_nan_propagates_on_gpu(dtype):
+    a = make_operand(70, 90, dtype, "cuda")
+    b = make_operand(90, 50, dtype, "cuda")
+    a[1, 2] = float("nan")
+    b[3, 4] = float("inf")
+    grad_out = torch.randn(70, 50, dtype=dtype, device="cuda")
+    out, grad_a, grad_b = fused_and_aten(a, b, grad_out)[0]
+    assert out.isnan().any()
+    reference = relu_matmul_float64(a, b, grad_out)
+    for mine, ref in zip((out, grad_a, grad_b), reference):
+        assert torch.equal(mine.isnan().cpu(), ref.isnan())
+
+
+def test_training_run_matches_reference_loop():
+    fused = train(TrainConfig(device="cuda", backend="triton"), log=lambda line: None)
+    reference = train(TrainConfig(device="cuda", reference=True), log=lambda line: None)
+    assert fused.backend == "triton"
+    assert fused.losses[500] < 1e-2
+    for step, loss in reference.losses.items():
+        assert fused.losses[step] == pytest.approx(loss, rel=5e-2), step
+    torch.testing.assert_close(fused.w1, reference.w1, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fused.w2, reference.w2, rtol=1e-4, atol=1e-4)
+
+
+def test_operand_beyond_2_31_elements():
+    """a has 2**31 + 2**21 elements: its row offsets overflow int32 unless computed in int64."""
+    if torch.cuda.get_device_properties(0).total_memory < 24 * 2**30:
+        pytest.skip("needs 24 GiB of GPU memory")
+    K = 1024
+    M = 2**31 // K + 2048
+    a = torch.empty(M, K, dtype=torch.float16, device="cuda").normal_()
+    b = torch.randn(K, 32, dtype=torch.float16, device="cuda", requires_grad=True)
+    grad_out = torch.randn(M, 32, dtype=torch.float16, device="cuda")
+    with fusedgrad.backend("triton"):
+        out = fusedgrad.mm_relu(a, b)
+        out.backward(grad_out)
+    tail = slice(M - 4096, M)  # rows whose offsets are past 2**31
+    expected = torch.relu(a[tail].double() @ b.detach().double())
+    assert_close(out[tail], expected.cpu(), "float16")
+    mask = (out > 0).to(grad_out.dtype)
+    expected_grad_b = a.T.float() @ (grad_out * mask).float()
+    assert relative_error(b.grad, expected_grad_b.double().cpu()) < 3e-3

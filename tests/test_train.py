@@ -1,0 +1,87 @@
+"""The trainer (`fusedgrad.train`) and its CLI (`python -m fusedgrad`)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fusedgrad.__main__ import main
+from fusedgrad.train import TrainConfig, train
+
+
+def test_tutorial_run_converges_and_matches_reference():
+    """Defaults: loss ~1e7 at step 1, below 1e-2 by step 500, as the tutorial's loop does."""
+    fused = train(TrainConfig(device="cpu"), log=lambda line: None)
+    reference = train(TrainConfig(device="cpu", reference=True), log=lambda line: None)
+    assert sorted(fused.losses) == [1, 100, 200, 300, 400, 500]
+    assert 1e6 < fused.losses[1] < 1e8
+    assert fused.losses[500] < 1e-2
+    assert fused.losses[1] == reference.losses[1]  # same seed, same data, same first step
+    for step, loss in reference.losses.items():
+        assert fused.losses[step] == pytest.approx(loss, rel=5e-2)
+    torch.testing.assert_close(fused.w1, reference.w1, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fused.w2, reference.w2, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_prints_tutorial_lines_and_summary(capsys):
+    assert main(["--device", "cpu", "--steps", "200", "--seed", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" : ")[0] for line in lines[:3]] == ["Step: 1", "Step: 100", "Step: 200"]
+    assert all(float(line.split(" : ")[1]) > 0 for line in lines[:3])
+    assert lines[3].startswith("Summary: device cpu | backend aten | dtype float32 | 200 steps in ")
+    assert lines[3].split("|")[4].strip().endswith("steps/s (wall time after 1 warm-up step)")
+    assert len(lines) == 4
+
+
+def test_cli_reference_mode(capsys):
+    assert main(["--device", "cpu", "--steps", "1", "--reference", "--batch", "8", "--d-in", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "Step: 1 :" in out and "backend reference (eager PyTorch)" in out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "0"], "--steps: must be > 0"),
+    (["--lr", "-1"], "--lr: must be > 0"),
+    (["--batch", "ten"], "--batch: expected a int"),
+    (["--dtype", "int8"], "invalid choice: 'int8'"),
+    (["--backend", "cublas"], "invalid choice: 'cublas'"),
+    (["--device", "tpu"], "--device: "),
+    (["--backend", "triton", "--dtype", "float64"], "--backend triton takes float32"),
+])
+def test_cli_rejects_bad_flags(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(flags)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_cli_cuda_without_cuda(capsys):
+    with pytest.raises(SystemExit):
+        main(["--device", "cuda"])
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_cli_triton_backend_on_cpu_runs_interpreted(tmp_path):
+    """`--backend triton` on CPU turns Triton's interpreter on by itself, in a fresh process."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-m", "fusedgrad", "--device", "cpu", "--backend", "triton", "--steps", "3",
+         "--batch", "8", "--d-in", "40", "--hidden", "20", "--d-out", "4"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Step: 1 :" in result.stdout and "backend triton" in result.stdout
+
+
+def test_cli_writes_json(tmp_path, capsys):
+    path = tmp_path / "run.json"
+    assert main(["--device", "cpu", "--steps", "100", "--json", str(path)]) == 0
+
+    record = json.loads(path.read_text())
+    assert record["config"]["steps"] == 100 and record["backend"] == "aten"
+    assert set(record["losses"]) == {"1", "100"} and record["steps_per_second"] > 0
+    assert record["environment"]["torch"] == torch.__version__
+    assert record["summary"] == capsys.readouterr().out.splitlines()[-1]
