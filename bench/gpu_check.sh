@@ -15,3 +15,4 @@ for variant in "triton:--backend triton" "aten:--backend aten" "reference:--refe
   name=${variant%%:*}
   python3 -m fusedgrad ${variant#*:} --json "$out/train_$name.json" 2>&1 | tee -a "$out/train.log"
 done
+python3 bench/overhead.py --json "$out/overhead.json" 2>&1 | tail -40

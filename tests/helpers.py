@@ -40,11 +40,22 @@ def make_operand(rows: int, cols: int, dtype, device, layout: str = "contiguous"
     raise ValueError(layout)
 
 
-def relu_matmul_float64(a: torch.Tensor, b: torch.Tensor, grad_out: torch.Tensor, relu: bool = True):
-    """Output and gradients of relu(a @ b) (or a @ b) by torch autograd in float64 on the CPU."""
+def relu_matmul_float64(a: torch.Tensor, b: torch.Tensor, grad_out: torch.Tensor, relu: bool = True,
+                        mask_from: torch.Tensor | None = None):
+    """Output and gradients of relu(a @ b) (or a @ b) by torch autograd in float64 on the CPU.
+
+    With `mask_from` (the output under test) the gradients use relu'(mask_from) instead of the
+    float64 output's: inputs rounded to tf32 or bf16 flip the sign of near-zero pre-activations,
+    and each flip moves a whole gradient entry, which would swamp the backward GEMM's own error.
+    """
     a64, b64 = (t.detach().double().cpu().requires_grad_() for t in (a, b))
     out = a64 @ b64
     if relu:
         out = torch.relu(out)
-    out.backward(grad_out.detach().double().cpu())
+    grad = grad_out.detach().double().cpu()
+    if relu and mask_from is not None:
+        grad = grad.masked_fill(mask_from.detach().cpu() <= 0, 0)
+        (a64 @ b64).backward(grad)
+    else:
+        out.backward(grad)
     return out.detach(), a64.grad, b64.grad
