@@ -3,6 +3,6 @@
 Importing this package imports triton; `fusedgrad` imports it only when a Triton backend runs.
 """
 
-from .matmul import INTERPRETED, SUPPORTED_DTYPES, matmul
+from .matmul_relu import INTERPRETED, SUPPORTED_DTYPES, matmul
 
 __all__ = ["INTERPRETED", "SUPPORTED_DTYPES", "matmul"]

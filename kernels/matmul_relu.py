@@ -22,6 +22,8 @@ The ATen reference of this kernel (CPU fallback and test oracle) is
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -110,17 +112,31 @@ def _input_precision(dtype: torch.dtype):
     return "tf32" if precision == "tf32" else "ieee"
 
 
-def _config(M: int, N: int, K: int, dtype: torch.dtype) -> dict:
-    """Tile shape and launch parameters.
+# Tile shapes (BLOCK_M, BLOCK_N), largest first; every block is >= 16, tl.dot's minimum.
+_TILES = ((128, 128), (64, 128), (128, 64), (64, 64), (32, 64), (64, 32), (32, 32), (16, 32), (32, 16), (16, 16))
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _config(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) -> dict:
+    """Tile shape and launch parameters: the largest tile that still gives every multiprocessor a
+    program, else the smallest (skinny problems such as the tutorial's 64 x 100 output would
+    otherwise run on one or two multiprocessors).
 
     Under the interpreter every program is a Python call, so tiles are large; 32 still gives
-    odd test shapes several tiles and several K steps. Every block is >= 16 (tl.dot's minimum).
+    odd test shapes several tiles and several K steps.
     """
     if INTERPRETED:
         return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, num_warps=4, num_stages=1)
-    block_m = 64 if M <= 64 else 128
-    block_n = 64 if N <= 64 else 128
-    block_k = 32 if dtype == torch.float32 else 64
+    programs_wanted = _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
+    for block_m, block_n in _TILES:
+        if triton.cdiv(M, block_m) * triton.cdiv(N, block_n) >= programs_wanted:
+            break
+    small = block_m * block_n <= 32 * 64
+    block_k = 64 if small or dtype != torch.float32 else 32
     num_warps = 4 if block_m * block_n <= 64 * 64 else 8
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8,
                 num_warps=num_warps, num_stages=3)
@@ -162,7 +178,7 @@ def matmul(
     if M == 0 or N == 0:
         return c
     # launch
-    config = _config(M, N, K, a.dtype)
+    config = _config(M, N, K, a.dtype, a.device)
     grid = (triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"]),)
     _matmul_kernel[grid](
         a, b, c, gate,
