@@ -149,11 +149,13 @@ def matmul(
     relu: bool = False,
     a_relu_mask: torch.Tensor | None = None,
     b_relu_mask: torch.Tensor | None = None,
+    config: dict | None = None,
 ) -> torch.Tensor:
     """`(a * relu'(a_relu_mask)) @ (b * relu'(b_relu_mask))`, then `relu` if asked.
 
     a: (M, K), b: (K, N), any strides; a mask, when given, is a ReLU output shaped like the
-    operand it gates. Returns a new contiguous (M, N) tensor of a's dtype.
+    operand it gates. Returns a new contiguous (M, N) tensor of a's dtype. `config` overrides
+    the tile choice (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages), for tuning.
     """
     # check
     M, K = a.shape
@@ -178,7 +180,7 @@ def matmul(
     if M == 0 or N == 0:
         return c
     # launch
-    config = _config(M, N, K, a.dtype, a.device)
+    config = config or _config(M, N, K, a.dtype, a.device)
     grid = (triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"]),)
     _matmul_kernel[grid](
         a, b, c, gate,
