@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib.metadata
 import os
 import platform
 import subprocess
@@ -137,7 +138,7 @@ def environment(device: torch.device) -> dict:
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "triton": getattr(sys.modules.get("triton"), "__version__", None),
+        "triton": _package_version("triton"),
         "cuda": torch.version.cuda,
         "git_commit": os.environ.get("GIT_COMMIT") or _command_output(["git", "rev-parse", "HEAD"]),
         "device": describe_device(device),
@@ -150,6 +151,13 @@ def environment(device: torch.device) -> dict:
         info["gpu_memory_bytes"] = properties.total_memory
         info["cuda_driver"] = _command_output(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
     return info
+
+
+def _package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _command_output(command: list[str]) -> str | None:
