@@ -3,9 +3,14 @@
 Importing fusedgrad touches neither CUDA nor triton: the kernels load on first use.
 """
 
+from . import optim
 from .dispatch import BACKENDS, backend, current_backend
+from .loss import mse_loss
 from .matmul import matmul_reference, mm, mm_relu
+from .nn import TwoLayerNet
+from .step import CUDAGraphStep, train_step, train_step_reference
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "backend", "current_backend", "matmul_reference", "mm", "mm_relu", "__version__"]
+__all__ = ["BACKENDS", "CUDAGraphStep", "TwoLayerNet", "backend", "current_backend", "matmul_reference",
+           "mm", "mm_relu", "mse_loss", "optim", "train_step", "train_step_reference", "__version__"]

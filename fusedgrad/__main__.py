@@ -11,7 +11,7 @@ import sys
 import torch
 
 from .dispatch import BACKENDS, TRITON_DTYPES
-from .train import TrainConfig, environment, resolve_device, train
+from .train import MODES, TrainConfig, environment, resolve_device, resolve_mode, train
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: Triton on CUDA, ATen on CPU; triton on CPU runs Triton's interpreter")
     parser.add_argument("--reference", action="store_true",
                         help="run the plain-PyTorch tutorial loop instead (same seed, same data)")
+    parser.add_argument("--mode", choices=MODES, default=defaults.mode,
+                        help="autograd: fusedgrad ops under autograd; step: the fused step without "
+                             "the tape; auto: step")
+    parser.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=defaults.cuda_graph,
+                        help="replay the fused step from a CUDA graph (default: on with CUDA in step mode)")
     parser.add_argument("--json", metavar="PATH",
                         help="also write the run (config, losses, timing, environment) as JSON")
     return parser
@@ -76,6 +81,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         parser.error(f"--device {config.device}: CUDA is not available on this machine")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         parser.error(f"--device {config.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    try:
+        resolve_mode(config, device)
+    except ValueError as error:
+        parser.error(f"--cuda-graph: {error}")
     if config.backend == "triton" and not config.reference:
         if getattr(torch, config.dtype) not in TRITON_DTYPES:
             parser.error(f"--backend triton takes float32, float16 or bfloat16, not {config.dtype}")
@@ -87,12 +96,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
 def main(argv: list[str] | None = None) -> int:
     config, args = parse_args(argv)
     result = train(config)
-    summary = (f"Summary: device {result.device} | backend {result.backend} | dtype {config.dtype} | "
+    summary = (f"Summary: device {result.device} | backend {result.backend} | mode {result.mode} | dtype {config.dtype} | "
                f"{result.steps} steps in {result.seconds:.3f} s | {result.steps_per_second:.1f} steps/s "
                f"(wall time after 1 warm-up step)")
     print(summary)
     if args.json:
-        record = {"config": dataclasses.asdict(config), "backend": result.backend,
+        record = {"config": dataclasses.asdict(config), "backend": result.backend, "mode": result.mode,
                   "losses": {str(step): loss for step, loss in result.losses.items()},
                   "seconds": result.seconds, "steps_per_second": result.steps_per_second,
                   "summary": summary, "environment": environment(resolve_device(config.device))}

@@ -61,9 +61,9 @@ class TritonMatmulFunction(torch.autograd.Function):
         return grad_a, grad_b, None
 
 
-def check_operands(op: str, a: object, b: object) -> None:
+def check_operands(op: str, a: object, b: object, names: tuple[str, str] = ("a", "b")) -> None:
     """Raise TypeError/ValueError naming shapes and dtypes unless `a @ b` is well formed."""
-    for name, t in (("a", a), ("b", b)):
+    for name, t in zip(names, (a, b)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dtype not in FLOAT_DTYPES:
@@ -71,13 +71,14 @@ def check_operands(op: str, a: object, b: object) -> None:
                             f"bfloat16, float32 and float64")
         if t.dim() != 2:
             raise ValueError(f"{op}: {name} must be 2-D, got shape {tuple(t.shape)}")
+    (name_a, name_b) = names
     if a.dtype != b.dtype:
-        raise TypeError(f"{op}: dtypes differ: a is {a.dtype}, b is {b.dtype}")
+        raise TypeError(f"{op}: dtypes differ: {name_a} is {a.dtype}, {name_b} is {b.dtype}")
     if a.device != b.device:
-        raise ValueError(f"{op}: devices differ: a is on {a.device}, b is on {b.device}")
+        raise ValueError(f"{op}: devices differ: {name_a} is on {a.device}, {name_b} is on {b.device}")
     if a.shape[1] != b.shape[0]:
-        raise ValueError(f"{op}: inner dimensions differ: a is {tuple(a.shape)}, "
-                         f"b is {tuple(b.shape)} ({a.shape[1]} != {b.shape[0]})")
+        raise ValueError(f"{op}: inner dimensions differ: {name_a} is {tuple(a.shape)}, "
+                         f"{name_b} is {tuple(b.shape)} ({a.shape[1]} != {b.shape[0]})")
 
 
 def _matmul(op: str, a: torch.Tensor, b: torch.Tensor, relu: bool) -> torch.Tensor:

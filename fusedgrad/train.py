@@ -1,10 +1,13 @@
-"""The tutorial's two-layer network, trained with fusedgrad ops or with plain PyTorch.
+"""The tutorial's two-layer network, trained with fusedgrad or with plain PyTorch.
 
     y_pred = relu(x @ w1) @ w2,   loss = sum((y_pred - y)**2),   w -= lr * w.grad
 
-Both loops draw the same data from the same seed and update the weights with the same
-expression, so they differ only in how the forward and backward GEMMs run. The loss is read
-back to the host only on the steps that print (1, 100, 200, ...), as in the tutorial.
+Modes, all on the same data from the same seed:
+    reference       the tutorial's eager loop (autograd, torch ops, `w -= lr * w.grad`)
+    autograd        the same loop on fusedgrad's ops: mm_relu, mm, mse_loss, optim.SGD
+    step            `fusedgrad.train_step`: the whole step without the autograd tape
+    step + graph    that step captured once in a CUDA graph and replayed
+The loss is read back to the host only on the steps that print (1, 100, 200, ...).
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ from typing import Callable
 import torch
 
 from . import dispatch
+from .loss import mse_loss
 from .matmul import mm, mm_relu
+from .optim import SGD
+from .step import CUDAGraphStep, train_step
+
+MODES = ("auto", "autograd", "step")
 
 
 @dataclasses.dataclass
@@ -38,6 +46,8 @@ class TrainConfig:
     dtype: str = "float32"
     backend: str = "auto"
     reference: bool = False
+    mode: str = "auto"               # "auto" is "step"
+    cuda_graph: bool | None = None   # None: on CUDA in step mode
 
 
 @dataclasses.dataclass
@@ -47,6 +57,7 @@ class TrainResult:
     seconds: float
     device: str
     backend: str
+    mode: str
     w1: torch.Tensor
     w2: torch.Tensor
 
@@ -78,14 +89,45 @@ def forward_reference(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> to
     return x.mm(w1).clamp(min=0).mm(w2)
 
 
-def _step(forward: Callable, x, y, w1, w2, lr: float) -> torch.Tensor:
-    loss = (forward(x, w1, w2) - y).pow(2).sum()
+def _reference_step(x, y, w1, w2, lr: float) -> torch.Tensor:
+    loss = (forward_reference(x, w1, w2) - y).pow(2).sum()
     loss.backward()
     with torch.no_grad():
         w1 -= lr * w1.grad
         w2 -= lr * w2.grad
     w1.grad = w2.grad = None
     return loss
+
+
+def _autograd_step(x, y, w1, w2, optimizer) -> torch.Tensor:
+    loss = mse_loss(forward_fused(x, w1, w2), y, reduction="sum")
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss
+
+
+def resolve_mode(config: TrainConfig, device: torch.device) -> tuple[str, bool]:
+    """(mode, cuda_graph) after defaults: on CUDA the fastest, step + CUDA graph."""
+    if config.reference:
+        return "reference", False
+    mode = "step" if config.mode == "auto" else config.mode
+    cuda_graph = config.cuda_graph if config.cuda_graph is not None else (device.type == "cuda" and mode == "step")
+    if cuda_graph and (device.type != "cuda" or mode != "step"):
+        raise ValueError("a CUDA graph needs a CUDA device and mode 'step'")
+    return mode, cuda_graph
+
+
+def make_step(mode: str, cuda_graph: bool, x, y, w1, w2, lr: float) -> Callable[[], torch.Tensor]:
+    """A callable running one training step on these tensors and returning its loss tensor."""
+    if mode == "reference":
+        return lambda: _reference_step(x, y, w1, w2, lr)
+    if mode == "autograd":
+        optimizer = SGD([w1, w2], lr=lr)
+        return lambda: _autograd_step(x, y, w1, w2, optimizer)
+    if cuda_graph:
+        return CUDAGraphStep(x, y, w1.detach(), w2.detach(), lr).replay
+    return lambda: train_step(x, y, w1.detach(), w2.detach(), lr)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -99,30 +141,33 @@ def should_print(step: int) -> bool:
 
 def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     """Run the tutorial loop; `log` gets the progress lines. One warm-up step on copies of the
-    weights (kernel compilation, allocator warm-up) runs before the clock starts."""
+    weights (kernel compilation, allocator warm-up; for a CUDA graph also the capture) runs
+    before the clock starts."""
     device = resolve_device(config.device)
     dtype = getattr(torch, config.dtype)
     x, y, w1, w2 = make_problem(config, device, dtype)
-    forward = forward_reference if config.reference else forward_fused
+    mode, cuda_graph = resolve_mode(config, device)
 
     with dispatch.backend(config.backend):
-        backend = "reference (eager PyTorch)" if config.reference else dispatch.resolve(x)
+        backend = "reference (eager PyTorch)" if mode == "reference" else dispatch.resolve(x)
         warm_w1, warm_w2 = (w.detach().clone().requires_grad_() for w in (w1, w2))
-        _step(forward, x, y, warm_w1, warm_w2, config.lr)
+        make_step(mode, False, x, y, warm_w1, warm_w2, config.lr)()
+        step = make_step(mode, cuda_graph, x, y, w1, w2, config.lr)
         _synchronize(device)
 
         losses: dict[int, float] = {}
         start = time.perf_counter()
-        for step in range(1, config.steps + 1):
-            loss = _step(forward, x, y, w1, w2, config.lr)
-            if should_print(step):
-                losses[step] = loss.item()
-                log(f"Step: {step} : {losses[step]}")
+        for number in range(1, config.steps + 1):
+            loss = step()
+            if should_print(number):
+                losses[number] = loss.item()
+                log(f"Step: {number} : {losses[number]}")
         _synchronize(device)
         seconds = time.perf_counter() - start
 
     return TrainResult(losses=losses, steps=config.steps, seconds=seconds, device=describe_device(device),
-                       backend=backend, w1=w1.detach(), w2=w2.detach())
+                       backend=backend, mode=mode + (" + cuda graph" if cuda_graph else ""),
+                       w1=w1.detach(), w2=w2.detach())
 
 
 def describe_device(device: torch.device) -> str:

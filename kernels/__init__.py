@@ -3,6 +3,9 @@
 Importing this package imports triton; `fusedgrad` imports it only when a Triton backend runs.
 """
 
-from .matmul_relu import INTERPRETED, SUPPORTED_DTYPES, matmul
+from .gemm import INTERPRETED, SUPPORTED_DTYPES, matmul
+from .mse_loss import mse_loss_and_grad
+from .sgd import SGDLauncher
+from .train_step import two_layer_sgd_step
 
-__all__ = ["INTERPRETED", "SUPPORTED_DTYPES", "matmul"]
+__all__ = ["INTERPRETED", "SUPPORTED_DTYPES", "SGDLauncher", "matmul", "mse_loss_and_grad", "two_layer_sgd_step"]

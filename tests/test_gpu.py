@@ -107,3 +107,69 @@ def test_operand_beyond_2_31_elements():
     mask = (out > 0).to(grad_out.dtype)
     expected_grad_b = a.T.float() @ (grad_out * mask).float()
     assert relative_error(b.grad, expected_grad_b.double().cpu()) < 3e-3
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True], ids=["step", "step+graph"])
+def test_fused_step_matches_reference_loop(cuda_graph):
+    fused = train(TrainConfig(device="cuda", mode="step", cuda_graph=cuda_graph), log=lambda line: None)
+    reference = train(TrainConfig(device="cuda", reference=True), log=lambda line: None)
+    assert fused.backend == "triton" and fused.mode == "step" + (" + cuda graph" if cuda_graph else "")
+    assert fused.losses[500] < 1e-2
+    for step, loss in reference.losses.items():
+        assert fused.losses[step] == pytest.approx(loss, rel=5e-2), step
+    torch.testing.assert_close(fused.w1, reference.w1, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fused.w2, reference.w2, rtol=1e-4, atol=1e-4)
+
+
+def _tutorial_tensors(seed=0):
+    from fusedgrad.train import make_problem
+    x, y, w1, w2 = make_problem(TrainConfig(seed=seed), torch.device("cuda"), torch.float32)
+    return x, y, w1.detach(), w2.detach()
+
+
+def test_graph_replay_equals_eager_fused_steps_bitwise():
+    x, y, w1, w2 = _tutorial_tensors()
+    w1_eager, w2_eager = w1.clone(), w2.clone()
+    lr = torch.tensor(1e-6, device="cuda")
+    graphed = fusedgrad.CUDAGraphStep(x, y, w1, w2, lr)
+    for step in range(20):
+        if step == 10:
+            graphed.lr.fill_(5e-7)  # a new rate reaches the captured graph
+            lr.fill_(5e-7)
+        loss_graph = graphed.replay().clone()
+        with fusedgrad.backend("triton"):
+            loss_eager = fusedgrad.train_step(x, y, w1_eager, w2_eager, lr)
+        assert torch.equal(loss_graph, loss_eager), step
+    assert torch.equal(w1, w1_eager) and torch.equal(w2, w2_eager)
+
+
+def count_gpu_work(fn):
+    """Kernels, memcpys and memsets one call of `fn` puts on the GPU (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()  # compile and warm up first
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+def test_fused_step_is_five_kernel_launches():
+    x, y, w1, w2 = _tutorial_tensors()
+    with fusedgrad.backend("triton"):
+        names = count_gpu_work(lambda: fusedgrad.train_step(x, y, w1, w2, 1e-6))
+    assert len(names) == 5, names
+    assert all("_matmul_kernel" in name for name in names), names
+
+
+def test_loss_is_deterministic_on_gpu():
+    def run():
+        x, y, w1, w2 = _tutorial_tensors(seed=5)
+        with fusedgrad.backend("triton"):
+            return [fusedgrad.train_step(x, y, w1, w2, 1e-6) for _ in range(20)]
+    first, second = run(), run()
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    big = torch.randn(3000, 1000, device="cuda")
+    with fusedgrad.backend("triton"):
+        losses = [fusedgrad.mse_loss(big, torch.zeros_like(big)) for _ in range(5)]
+    assert all(torch.equal(loss, losses[0]) for loss in losses)

@@ -12,18 +12,24 @@ from fusedgrad.__main__ import main
 from fusedgrad.train import TrainConfig, train
 
 
-def test_tutorial_run_converges_and_matches_reference():
+@pytest.fixture(scope="module")
+def reference_run():
+    return train(TrainConfig(device="cpu", reference=True), log=lambda line: None)
+
+
+@pytest.mark.parametrize("mode", ["step", "autograd"])
+def test_tutorial_run_converges_and_matches_reference(mode, reference_run):
     """Defaults: loss ~1e7 at step 1, below 1e-2 by step 500, as the tutorial's loop does."""
-    fused = train(TrainConfig(device="cpu"), log=lambda line: None)
-    reference = train(TrainConfig(device="cpu", reference=True), log=lambda line: None)
+    fused = train(TrainConfig(device="cpu", mode=mode), log=lambda line: None)
+    assert fused.mode == mode and reference_run.mode == "reference"
     assert sorted(fused.losses) == [1, 100, 200, 300, 400, 500]
     assert 1e6 < fused.losses[1] < 1e8
     assert fused.losses[500] < 1e-2
-    assert fused.losses[1] == reference.losses[1]  # same seed, same data, same first step
-    for step, loss in reference.losses.items():
+    assert fused.losses[1] == pytest.approx(reference_run.losses[1], rel=1e-6)  # same data, same weights
+    for step, loss in reference_run.losses.items():
         assert fused.losses[step] == pytest.approx(loss, rel=5e-2)
-    torch.testing.assert_close(fused.w1, reference.w1, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(fused.w2, reference.w2, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fused.w1, reference_run.w1, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fused.w2, reference_run.w2, rtol=1e-4, atol=1e-4)
 
 
 def test_cli_prints_tutorial_lines_and_summary(capsys):
@@ -31,8 +37,8 @@ def test_cli_prints_tutorial_lines_and_summary(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(" : ")[0] for line in lines[:3]] == ["Step: 1", "Step: 100", "Step: 200"]
     assert all(float(line.split(" : ")[1]) > 0 for line in lines[:3])
-    assert lines[3].startswith("Summary: device cpu | backend aten | dtype float32 | 200 steps in ")
-    assert lines[3].split("|")[4].strip().endswith("steps/s (wall time after 1 warm-up step)")
+    assert lines[3].startswith("Summary: device cpu | backend aten | mode step | dtype float32 | 200 steps in ")
+    assert lines[3].split("|")[5].strip().endswith("steps/s (wall time after 1 warm-up step)")
     assert len(lines) == 4
 
 
@@ -50,6 +56,8 @@ def test_cli_reference_mode(capsys):
     (["--backend", "cublas"], "invalid choice: 'cublas'"),
     (["--device", "tpu"], "--device: "),
     (["--backend", "triton", "--dtype", "float64"], "--backend triton takes float32"),
+    (["--device", "cpu", "--cuda-graph"], "a CUDA graph needs a CUDA device"),
+    (["--mode", "fast"], "invalid choice: 'fast'"),
 ])
 def test_cli_rejects_bad_flags(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -70,12 +78,13 @@ def test_cli_cuda_without_cuda(capsys):
 def test_cli_triton_backend_on_cpu_runs_interpreted(tmp_path):
     """`--backend triton` on CPU turns Triton's interpreter on by itself, in a fresh process."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run(
-        [sys.executable, "-m", "fusedgrad", "--device", "cpu", "--backend", "triton", "--steps", "3",
-         "--batch", "8", "--d-in", "40", "--hidden", "20", "--d-out", "4"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "Step: 1 :" in result.stdout and "backend triton" in result.stdout
+    for mode in ("step", "autograd"):
+        result = subprocess.run(
+            [sys.executable, "-m", "fusedgrad", "--device", "cpu", "--backend", "triton", "--steps", "3",
+             "--batch", "8", "--d-in", "40", "--hidden", "20", "--d-out", "4", "--mode", mode],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert "Step: 1 :" in result.stdout and f"backend triton | mode {mode} |" in result.stdout
 
 
 def test_cli_writes_json(tmp_path, capsys):
@@ -83,7 +92,7 @@ def test_cli_writes_json(tmp_path, capsys):
     assert main(["--device", "cpu", "--steps", "100", "--json", str(path)]) == 0
 
     record = json.loads(path.read_text())
-    assert record["config"]["steps"] == 100 and record["backend"] == "aten"
+    assert record["config"]["steps"] == 100 and record["backend"] == "aten" and record["mode"] == "step"
     assert set(record["losses"]) == {"1", "100"} and record["steps_per_second"] > 0
     assert record["environment"]["torch"] == torch.__version__
     assert record["summary"] == capsys.readouterr().out.splitlines()[-1]

@@ -1,0 +1,63 @@
+"""GPU work per training step in each mode, counted with torch.profiler (CUDA activity).
+
+    python bench/launch_count.py --json bench/results/launch_count.json
+
+For every mode of `python -m fusedgrad` at the tutorial's size: the kernels, memcpys and
+memsets one step puts on the GPU (after a warm-up step), and the host-side launch calls
+(cudaLaunchKernel, cuLaunchKernel, cudaGraphLaunch, ...) that started them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+
+import torch
+
+import fusedgrad
+from fusedgrad.train import TrainConfig, environment, make_problem, make_step
+
+MODES = [("reference", False), ("autograd", False), ("step", False), ("step", True)]
+
+
+def profile_step(step) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    events = prof.events()
+    device = [e.name for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    launches = [e.name for e in events if e.device_type == torch.autograd.DeviceType.CPU
+                and "Launch" in e.name and e.name.startswith(("cuda", "cu"))]
+    return {"gpu_work": len(device), "gpu_work_names": dict(collections.Counter(device)),
+            "host_launch_calls": len(launches), "host_launch_names": dict(collections.Counter(launches))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("launch_count.py profiles CUDA work; no CUDA device here", file=sys.stderr)
+        return 1
+    rows = {}
+    for mode, cuda_graph in MODES:
+        x, y, w1, w2 = make_problem(TrainConfig(), torch.device("cuda"), torch.float32)
+        with fusedgrad.backend("auto"):
+            step = make_step(mode, cuda_graph, x, y, w1, w2, 1e-6)
+            name = mode + (" + cuda graph" if cuda_graph else "")
+            rows[name] = profile_step(step)
+        print(f"{name:22s} GPU work {rows[name]['gpu_work']:3d}   host launch calls {rows[name]['host_launch_calls']:3d}")
+    result = {"per_step": rows, "environment": environment(torch.device("cuda"))}
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(result, file, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""`fusedgrad.optim.SGD`: plain SGD (no momentum) whose step is one Triton launch on CUDA.
+
+    p -= lr * p.grad        for every parameter with a gradient
+
+`lr` is a float or a 0-d tensor on the parameters' device (so a captured CUDA graph can read a
+new value each replay). `zero_grad` is torch.optim.Optimizer's (set_to_none=True by default).
+Elsewhere (CPU, float64, the "aten" backend) the step is `torch._foreach_add_`, what
+`torch.optim.SGD` itself runs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from . import dispatch
+
+
+class SGD(torch.optim.Optimizer):
+    def __init__(self, params, lr: float | torch.Tensor = 1e-3):
+        if isinstance(lr, torch.Tensor):
+            if lr.numel() != 1 or not lr.is_floating_point():
+                raise ValueError(f"SGD: a tensor lr must be a 0-d floating-point tensor, got "
+                                 f"shape {tuple(lr.shape)} {lr.dtype}")
+        elif not lr >= 0:
+            raise ValueError(f"SGD: lr must be >= 0, got {lr}")
+        super().__init__(params, dict(lr=lr))
+        self._launchers: dict = {}
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for index, group in enumerate(self.param_groups):
+            lr = group["lr"]
+            buckets: dict = defaultdict(lambda: ([], []))  # (device, dtype, backend) -> params, grads
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if param.grad.is_sparse:
+                    raise ValueError("SGD: sparse gradients are not supported")
+                fast = param.is_contiguous() and param.grad.is_contiguous()
+                backend = dispatch.resolve(param) if fast else "aten"
+                params, grads = buckets[(param.device, param.dtype, backend)]
+                params.append(param)
+                grads.append(param.grad)
+            for (device, dtype, backend), (params, grads) in buckets.items():
+                if isinstance(lr, torch.Tensor) and lr.device != device:
+                    raise ValueError(f"SGD: lr is on {lr.device}, parameters on {device}")
+                if backend == "triton":
+                    launcher = self._launchers.setdefault((index, device, dtype),
+                                                          dispatch.load_kernels().SGDLauncher())
+                    launcher.step(params, grads, lr)
+                elif isinstance(lr, torch.Tensor):
+                    torch._foreach_sub_(params, torch._foreach_mul(grads, lr))
+                else:
+                    torch._foreach_add_(params, grads, alpha=-lr)
+        return loss

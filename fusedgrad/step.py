@@ -1,0 +1,97 @@
+"""The fused training step of the tutorial's network, and its capture in a CUDA graph.
+
+    loss = sum((relu(x @ w1) @ w2 - y)**2);  w1 -= lr * dloss/dw1;  w2 -= lr * dloss/dw2
+
+`train_step` runs it without the autograd tape: on CUDA as five Triton GEMM launches with
+everything else in their epilogues (`fusedgrad.kernels.train_step`), elsewhere as
+`train_step_reference`, the same math in in-place ATen ops, which is also the test oracle.
+`CUDAGraphStep` captures the Triton step once and replays it as one graph launch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import dispatch
+from .matmul import check_operands
+
+
+def _check(x, y, w1, w2, lr) -> None:
+    check_operands("train_step", x, w1, ("x", "w1"))
+    check_operands("train_step", w1, w2, ("w1", "w2"))
+    check_operands("train_step", y, w2.T, ("y", "w2.T"))  # y (N, D_out): 2-D, alike, D_out matches
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"train_step: batch sizes differ: x is {tuple(x.shape)}, y is {tuple(y.shape)}")
+    if min(x.shape + w1.shape + w2.shape) == 0:
+        raise ValueError(f"train_step: empty dimension in x {tuple(x.shape)}, w1 {tuple(w1.shape)}, "
+                         f"w2 {tuple(w2.shape)}")
+    if isinstance(lr, torch.Tensor):
+        if lr.numel() != 1 or not lr.is_floating_point() or lr.device != x.device:
+            raise ValueError(f"train_step: a tensor lr must be a 0-d float tensor on {x.device}, got "
+                             f"shape {tuple(lr.shape)} {lr.dtype} on {lr.device}")
+    elif isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise TypeError(f"train_step: lr must be a float or a 0-d tensor, got {type(lr).__name__}")
+
+
+@torch.no_grad()
+def train_step_reference(x, y, w1, w2, lr) -> torch.Tensor:
+    """The step in ATen: fused where ATen allows (addmm_ applies the update with the GEMM)."""
+    h = torch.mm(x, w1).relu_()
+    grad_y = torch.mm(h, w2).sub_(y)                    # y_pred - y, in place
+    loss = torch.dot(grad_y.view(-1), grad_y.view(-1))  # sum of squares, one kernel
+    grad_y.mul_(2)
+    grad_h = torch.ops.aten.threshold_backward(torch.mm(grad_y, w2.T), h, 0)  # uses the old w2
+    if isinstance(lr, torch.Tensor):
+        w2.sub_(torch.mm(h.T, grad_y).mul_(lr))
+        w1.sub_(torch.mm(x.T, grad_h).mul_(lr))
+    else:
+        w2.addmm_(h.T, grad_y, alpha=-lr)
+        w1.addmm_(x.T, grad_h, alpha=-lr)
+    return loss
+
+
+def train_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+               lr: float | torch.Tensor) -> torch.Tensor:
+    """One SGD step of `relu(x @ w1) @ w2` on `sum((y_pred - y)**2)`: updates w1 and w2 in place
+    and returns the step's loss (computed before the update) without a host sync. The loss is
+    a 0-d float32 tensor on the Triton backend, of x's dtype on ATen."""
+    _check(x, y, w1, w2, lr)
+    if dispatch.resolve(x) == "triton":
+        with torch.no_grad():
+            return dispatch.load_kernels().two_layer_sgd_step(x, y, w1, w2, lr)
+    return train_step_reference(x, y, w1, w2, lr)
+
+
+class CUDAGraphStep:
+    """`train_step(x, y, w1, w2, lr)` captured once in a CUDA graph.
+
+    Inputs are static buffers: copy new data into `.x` and `.y` (and a new rate into `.lr`)
+    before `replay()`. `replay()` runs one whole step as a single graph launch and returns the
+    static 0-d loss tensor, overwritten by each replay; read it (`.item()`) only when needed.
+    Kernels compile in a warm-up step on copies of the weights before the capture, so the
+    weights see exactly the replayed steps.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+                 lr: float | torch.Tensor):
+        if not x.is_cuda:
+            raise ValueError(f"CUDAGraphStep needs CUDA tensors, got x on {x.device}")
+        self.x, self.y = x.detach().clone(), y.detach().clone()
+        self.lr = (lr.detach().clone() if isinstance(lr, torch.Tensor)
+                   else torch.tensor(float(lr), dtype=torch.float32, device=x.device))
+        self.w1, self.w2 = w1, w2
+        _check(self.x, self.y, w1, w2, self.lr)
+        with torch.no_grad():
+            warm_w1, warm_w2 = w1.detach().clone(), w2.detach().clone()
+            side = torch.cuda.Stream(x.device)
+            side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(side):
+                train_step(self.x, self.y, warm_w1, warm_w2, self.lr)
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.loss = train_step(self.x, self.y, w1.detach(), w2.detach(), self.lr)
+
+    def replay(self) -> torch.Tensor:
+        self.graph.replay()
+        return self.loss

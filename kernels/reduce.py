@@ -1,0 +1,31 @@
+"""Deterministic summation shared by the loss kernels.
+
+Floating-point sums depend on their order. Every loss in fusedgrad is summed in an order fixed
+by the sizes and block shapes alone (no atomics): blocks write partial sums, and one program
+adds the partials up in index order. The same inputs give bitwise the same loss every run.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def sum_in_fixed_order(ptr, n, BLOCK: tl.constexpr):
+    """fp32 sum of ptr[0:n], read BLOCK at a time in index order."""
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start in range(0, n, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        acc += tl.load(ptr + offs, mask=offs < n, other=0.0).to(tl.float32)
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def _sum_partials_kernel(partials_ptr, out_ptr, n, scale, BLOCK: tl.constexpr):
+    """out = scale * sum(partials[0:n]), in the output's dtype; one program."""
+    total = sum_in_fixed_order(partials_ptr, n, BLOCK) * scale
+    tl.store(out_ptr, total.to(out_ptr.dtype.element_ty))
+
+
+def sum_partials(partials, out, scale: float) -> None:
+    """Launch: out (0-d) = scale * sum(partials), deterministically."""
+    _sum_partials_kernel[(1,)](partials, out, partials.numel(), scale, BLOCK=1024)

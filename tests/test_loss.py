@@ -1,0 +1,76 @@
+"""`fusedgrad.mse_loss`: ATen and Triton (interpreted on CPU, compiled on CUDA) against
+float64 `torch.nn.functional.mse_loss`."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fusedgrad
+from helpers import assert_close, kernel_device
+
+BACKENDS = [("aten", "cpu"), ("triton", kernel_device())]
+
+
+def float64_reference(input, target, reduction, grad_loss):
+    input64 = input.detach().double().cpu().requires_grad_()
+    loss = F.mse_loss(input64, target.double().cpu(), reduction=reduction)
+    loss.backward(grad_loss.double().cpu())
+    return loss.detach(), input64.grad
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("shape", [(64, 10), (1,), (3, 5, 7), (300, 301)], ids=str)  # 300 x 301: multi-program
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("backend, device", BACKENDS, ids=["aten", "triton"])
+def test_matches_float64(backend, device, dtype, shape, reduction):
+    # scaled by 1/4 so that a float16 sum over 90,000 elements stays finite
+    input = (0.25 * torch.randn(shape, device=device)).to(getattr(torch, dtype)).requires_grad_()
+    target = (0.25 * torch.randn(shape, device=device)).to(getattr(torch, dtype))
+    with fusedgrad.backend(backend):
+        loss = fusedgrad.mse_loss(input, target, reduction=reduction)
+    grad_loss = torch.tensor(3.5, dtype=loss.dtype, device=device)  # an upstream gradient other than 1
+    loss.backward(grad_loss)
+    ref_loss, ref_grad = float64_reference(input, target, reduction, grad_loss)
+    assert loss.shape == () and loss.dtype == input.dtype
+    assert_close(loss, ref_loss, dtype)
+    assert_close(input.grad, ref_grad, dtype)
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS, ids=["aten", "triton"])
+def test_target_gradient_and_nan(backend, device):
+    input = torch.randn(20, 7, device=device, requires_grad=True)
+    target = torch.randn(20, 7, device=device, requires_grad=True)
+    with fusedgrad.backend(backend):
+        fusedgrad.mse_loss(input, target).backward()
+    torch.testing.assert_close(target.grad, -input.grad)
+    nan_input = input.detach().clone()
+    nan_input[3, 4] = float("nan")
+    with fusedgrad.backend(backend):
+        assert fusedgrad.mse_loss(nan_input, target.detach()).isnan()
+
+
+def test_triton_loss_is_bitwise_deterministic():
+    input = torch.randn(300, 301, device=kernel_device())  # several partial sums
+    target = torch.randn(300, 301, device=kernel_device())
+    with fusedgrad.backend("triton"):
+        losses = [fusedgrad.mse_loss(input, target) for _ in range(3)]
+    assert all(torch.equal(loss, losses[0]) for loss in losses)
+
+
+def test_triton_mean_of_empty_is_nan_like_torch():
+    empty = torch.randn(0, 4, device=kernel_device())
+    with fusedgrad.backend("triton"):
+        assert fusedgrad.mse_loss(empty, empty, reduction="mean").isnan()
+        assert fusedgrad.mse_loss(empty, empty, reduction="sum") == 0
+
+
+@pytest.mark.parametrize("args, error, message", [
+    ((torch.randn(3), torch.randn(4)), ValueError, r"input \(3,\), target \(4,\)"),
+    ((torch.randn(3), torch.randn(3, dtype=torch.float64)), TypeError, "float32, target torch.float64"),
+    ((torch.ones(3, dtype=torch.int64), torch.ones(3, dtype=torch.int64)), TypeError, "torch.int64"),
+    ((torch.randn(3), torch.randn(3), "none"), ValueError, "'none'"),
+    ((torch.randn(3), torch.randn(3, device="meta")), ValueError, "cpu, target on meta"),
+])
+def test_bad_input(args, error, message):
+    with pytest.raises(error, match=message):
+        fusedgrad.mse_loss(*args)

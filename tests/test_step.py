@@ -1,0 +1,107 @@
+"""The fused training step: ATen reference against the tutorial loop, Triton (interpreted on
+CPU, compiled on CUDA) against the reference, `TwoLayerNet`, and input checks."""
+
+import copy
+
+import pytest
+import torch
+
+import fusedgrad
+from fusedgrad.train import TrainConfig, make_problem
+from helpers import assert_close, kernel_device
+
+
+def problem(device, batch=16, d_in=70, hidden=33, d_out=5, seed=0):
+    config = TrainConfig(batch=batch, d_in=d_in, hidden=hidden, d_out=d_out, seed=seed)
+    x, y, w1, w2 = make_problem(config, torch.device(device), torch.float32)
+    return x, y, w1.detach(), w2.detach()
+
+
+def tutorial_loop(x, y, w1, w2, lr, steps):
+    """The tutorial's autograd loop in float64; returns the losses and the final weights."""
+    w1, w2 = (w.double().cpu().requires_grad_() for w in (w1, w2))
+    x, y = x.double().cpu(), y.double().cpu()
+    losses = []
+    for _ in range(steps):
+        loss = (x.mm(w1).clamp(min=0).mm(w2) - y).pow(2).sum()
+        losses.append(loss.item())
+        loss.backward()
+        with torch.no_grad():
+            w1 -= lr * w1.grad
+            w2 -= lr * w2.grad
+        w1.grad = w2.grad = None
+    return losses, w1.detach(), w2.detach()
+
+
+@pytest.mark.parametrize("backend, device", [("aten", "cpu"), ("triton", kernel_device())], ids=["aten", "triton"])
+@pytest.mark.parametrize("tensor_lr", [False, True])
+def test_k_steps_match_the_tutorial_loop(backend, device, tensor_lr):
+    x, y, w1, w2 = problem(device)
+    lr = 1e-4
+    ref_losses, ref_w1, ref_w2 = tutorial_loop(x, y, w1, w2, lr, steps=5)
+    step_lr = torch.tensor(lr, device=device) if tensor_lr else lr
+    with fusedgrad.backend(backend):
+        losses = [fusedgrad.train_step(x, y, w1, w2, step_lr) for _ in range(5)]
+    assert all(loss.shape == () and loss.dtype == torch.float32 for loss in losses)
+    torch.testing.assert_close(torch.tensor([loss.item() for loss in losses], dtype=torch.float64),
+                               torch.tensor(ref_losses, dtype=torch.float64), rtol=1e-5, atol=0)
+    torch.testing.assert_close(w1.double().cpu(), ref_w1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w2.double().cpu(), ref_w2, rtol=1e-5, atol=1e-5)
+
+
+def test_triton_step_with_many_tiles_matches_float64():
+    """Shapes with several tiles in every GEMM and several loss partial sums."""
+    x, y, w1, w2 = problem(kernel_device(), batch=70, d_in=45, hidden=66, d_out=40, seed=1)
+    ref_losses, ref_w1, ref_w2 = tutorial_loop(x, y, w1, w2, 1e-4, steps=3)
+    with fusedgrad.backend("triton"):
+        losses = [fusedgrad.train_step(x, y, w1, w2, 1e-4).item() for _ in range(3)]
+    assert losses == pytest.approx(ref_losses, rel=1e-5)
+    assert_close(w1, ref_w1, "float32")
+    assert_close(w2, ref_w2, "float32")
+
+
+def test_relu_mask_and_nan():
+    """A zero row of x gives a zero hidden row (relu' = 0 there); NaN in x makes the loss NaN."""
+    x, y, w1, w2 = problem(kernel_device())
+    x[2] = 0
+    ref = [t.cpu().clone() for t in (x, y, w1, w2)]
+    with fusedgrad.backend("triton"):
+        fusedgrad.train_step(x, y, w1, w2, 1e-3)
+    fusedgrad.train_step_reference(*ref, 1e-3)
+    torch.testing.assert_close(w1.cpu(), ref[2], rtol=1e-5, atol=1e-5)
+    x[3, 1] = float("nan")
+    with fusedgrad.backend("triton"):
+        assert fusedgrad.train_step(x, y, w1, w2, 1e-3).isnan()
+
+
+def test_two_layer_net():
+    torch.manual_seed(0)
+    net = fusedgrad.TwoLayerNet(30, 20, 4, generator=torch.Generator().manual_seed(3))
+    assert net.w1.shape == (30, 20) and net.w2.shape == (20, 4)
+    assert [name for name, _ in net.named_parameters()] == ["w1", "w2"]
+    x, y = torch.randn(8, 30), torch.randn(8, 4)
+    torch.testing.assert_close(net(x), torch.relu(x @ net.w1) @ net.w2)
+    twin = copy.deepcopy(net)
+    loss = net.train_step(x, y, 1e-3)
+    expected = fusedgrad.train_step_reference(x, y, twin.w1.detach(), twin.w2.detach(), 1e-3)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(net.w1, twin.w1)
+    assert net.w1.grad is None  # no autograd tape, no gradients
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (lambda t: {**t, "y": t["y"][:, :2]}, ValueError, r"y is \(16, 2\), w2.T is \(5, 33\)"),
+    (lambda t: {**t, "y": t["y"][:3]}, ValueError, "batch sizes differ"),
+    (lambda t: {**t, "w2": t["w2"][:5]}, ValueError, r"w1 is \(70, 33\), w2 is \(5, 5\)"),
+    (lambda t: {**t, "w2": t["w2"].double()}, TypeError, "w1 is torch.float32, w2 is torch.float64"),
+    (lambda t: {**t, "x": t["x"][:, :0], "w1": t["w1"][:0]}, ValueError, "empty dimension"),
+    (lambda t: {**t, "lr": torch.ones(2)}, ValueError, "0-d float tensor"),
+    (lambda t: {**t, "lr": "0.1"}, TypeError, "lr must be a float"),
+])
+def test_bad_input_changes_nothing(change, error, message):
+    x, y, w1, w2 = problem("cpu")
+    args = change(dict(x=x, y=y, w1=w1, w2=w2, lr=1e-3))
+    before = [w1.clone(), w2.clone()]
+    with pytest.raises(error, match=message):
+        fusedgrad.train_step(**args)
+    assert torch.equal(w1, before[0]) and torch.equal(w2, before[1])
