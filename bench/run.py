@@ -1,0 +1,362 @@
+"""Training-step throughput of the tutorial's network, every variant side by side in one process.
+
+    python bench/run.py            # full: three sizes x fp32/tf32/bf16, all variants
+    python bench/run.py --quick    # tutorial size fp32 and 4096^4 bf16; fits a short GPU slot
+
+Variants, all doing the same math at the same precision from the same initial weights:
+    eager                     the tutorial's loop in plain PyTorch (autograd, `w -= lr * w.grad`)
+    compile / compile-max-autotune / compile-reduce-overhead
+                              torch.compile of the loss (forward + AOT backward) and the update
+    fusedgrad-autograd        mm_relu, mm, mse_loss and optim.SGD under autograd
+    fusedgrad-step            fusedgrad.train_step (no autograd tape)
+    fusedgrad-step-graph      that step replayed from a CUDA graph
+
+Per row: median steps/s with p20 and p80 over timed rounds (CUDA events; warm-up excluded, the
+first step's time, compilation included, reported apart), µs per step, speedup over eager,
+achieved TFLOP/s and percent of the dense matmul peak measured in the same run, peak memory
+above the weights and data, and the largest relative difference of the final loss and weights
+against eager. A row whose difference is above its precision's bound is flagged WRONG and gets
+no speedup. Output: a markdown table on stdout, JSON (with the environment) and, when
+matplotlib is installed, a PNG plot; progress lines go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import pathlib
+import statistics
+import sys
+import time
+
+import torch
+
+import fusedgrad
+from fusedgrad.train import environment, make_step
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+VARIANTS = ("eager", "compile", "compile-max-autotune", "compile-reduce-overhead",
+            "fusedgrad-autograd", "fusedgrad-step", "fusedgrad-step-graph")
+PRECISIONS = ("fp32", "tf32", "bf16")
+TOLERANCE = {"fp32": 1e-3, "tf32": 2e-2, "bf16": 5e-2}  # relative difference of weights vs eager
+TUTORIAL = (64, 1000, 100, 10)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    batch: int
+    d_in: int
+    hidden: int
+    d_out: int
+    precision: str
+
+    @property
+    def size(self) -> str:
+        return f"{self.batch}x{self.d_in}x{self.hidden}x{self.d_out}"
+
+    @property
+    def flops_per_step(self) -> int:
+        # forward: x @ w1, h @ w2; backward: grad_h, grad_w2, grad_w1 (x needs no gradient)
+        return 4 * self.batch * self.d_in * self.hidden + 6 * self.batch * self.hidden * self.d_out
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def set_precision(precision: str) -> torch.dtype:
+    torch.backends.cuda.matmul.fp32_precision = "tf32" if precision == "tf32" else "ieee"
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def make_data(case: Case, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    """The tutorial's data; beyond the tutorial's size, weights scaled by 1/sqrt(fan_in) so
+    that the loss stays finite over the timed steps."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(case.batch, case.d_in), (case.batch, case.d_out), (case.d_in, case.hidden), (case.hidden, case.d_out)]
+    x, y, w1, w2 = (torch.randn(shape, generator=generator) for shape in shapes)
+    if (case.batch, case.d_in, case.hidden, case.d_out) != TUTORIAL:
+        w1, w2 = w1 / math.sqrt(case.d_in), w2 / math.sqrt(case.hidden)
+    return [t.to(device, dtype) for t in (x, y, w1, w2)]
+
+
+def learning_rate(case: Case, lr: float) -> float:
+    """The tutorial's rate at its size; beyond it, scaled down with the square of the width so
+    that plain SGD on the summed loss stays stable over the timed steps."""
+    if (case.batch, case.d_in, case.hidden, case.d_out) == TUTORIAL:
+        return lr
+    return lr * (1024 / max(case.batch, case.d_in, case.hidden, case.d_out)) ** 2
+
+
+def compiled_step(mode: str | None, x, y, w1, w2, lr: float):
+    """torch.compile of the tutorial's loss (forward and, through AOTAutograd, backward) and of
+    its update; `.backward()` itself stays a call, as in any compiled training loop."""
+    def loss_fn(x, y, w1, w2):
+        return (x.mm(w1).clamp(min=0).mm(w2) - y).pow(2).sum()
+
+    def update(w1, w2, lr):
+        with torch.no_grad():
+            w1 -= lr * w1.grad
+            w2 -= lr * w2.grad
+
+    compiled_loss = torch.compile(loss_fn, mode=mode)
+    compiled_update = torch.compile(update, mode=mode)
+
+    def step():
+        loss = compiled_loss(x, y, w1, w2)
+        loss.backward()
+        compiled_update(w1, w2, lr)
+        w1.grad = w2.grad = None
+        return loss
+    return step
+
+
+def build(variant: str, x, y, w1, w2, lr: float):
+    w1, w2 = w1.clone().requires_grad_(), w2.clone().requires_grad_()
+    if variant == "eager":
+        return make_step("reference", False, x, y, w1, w2, lr), w1, w2
+    if variant.startswith("compile"):
+        mode = variant.removeprefix("compile").removeprefix("-") or None
+        return compiled_step(mode, x, y, w1, w2, lr), w1, w2
+    mode, cuda_graph = {"fusedgrad-autograd": ("autograd", False), "fusedgrad-step": ("step", False),
+                        "fusedgrad-step-graph": ("step", True)}[variant]
+    return make_step(mode, cuda_graph, x, y, w1, w2, lr), w1, w2
+
+
+class SkipRecorder(logging.Handler):
+    """Collects torch's messages about skipped CUDA graphs and fallbacks during compilation."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        text = record.getMessage()
+        if "skipping cudagraphs" in text or "fallback" in text.lower():
+            self.messages.append(text.splitlines()[0][:200])
+
+
+def time_variant(step, device: torch.device, warmup: int, rounds: int, steps_per_round: int) -> dict:
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    entered = start = time.perf_counter()
+    loss = step()
+    sync()
+    first_step_s = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        loss = step()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device) if cuda else 0
+    per_step_us = []
+    for _ in range(rounds):
+        if cuda:
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            for _ in range(steps_per_round):
+                loss = step()
+            end.record()
+            end.synchronize()
+            per_step_us.append(1e3 * begin.elapsed_time(end) / steps_per_round)
+        else:
+            begin_s = time.perf_counter()
+            for _ in range(steps_per_round):
+                loss = step()
+            per_step_us.append(1e6 * (time.perf_counter() - begin_s) / steps_per_round)
+    peak = (torch.cuda.max_memory_allocated(device) - base) if cuda else None
+    steps_per_s = sorted(1e6 / us for us in per_step_us)
+    quantile = lambda q: steps_per_s[min(len(steps_per_s) - 1, int(q * len(steps_per_s)))]
+    return {"first_step_s": first_step_s, "us_per_step": statistics.median(per_step_us),
+            "steps_per_s": statistics.median(steps_per_s), "steps_per_s_p20": quantile(0.2),
+            "steps_per_s_p80": quantile(0.8), "peak_memory_above_data_bytes": peak,
+            "final_loss": float(loss.detach().float().item()),
+            "steps_run": warmup + rounds * steps_per_round,
+            "_timed_s": time.perf_counter() - entered}  # lets the caller add its setup time
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    if not (a.isfinite().all() and b.isfinite().all()):
+        return float("inf") if not torch.equal(a.isnan(), b.isnan()) else 0.0
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def matmul_peaks(device: torch.device, n: int) -> dict:
+    """Dense matmul TFLOP/s through torch.mm (cuBLAS) per precision, same run, random data."""
+    import triton.testing
+    peaks = {}
+    for precision in PRECISIONS:
+        dtype = set_precision(precision)
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        ms = triton.testing.do_bench(lambda: torch.mm(a, b), warmup=100, rep=500, return_mode="median")
+        peaks[precision] = 2 * n**3 / (ms * 1e-3) / 1e12
+        log(f"peak {precision}: {peaks[precision]:.0f} TFLOP/s (torch.mm {n}^3)")
+    return peaks
+
+
+def run_case(case: Case, variants: list[str], device: torch.device, args, peaks: dict) -> list[dict]:
+    dtype = set_precision(case.precision)
+    x, y, w1, w2 = make_data(case, device, dtype)
+    big = case.flops_per_step > 1e10
+    warmup, rounds, per_round = (3, args.rounds, 2) if big else (10, args.rounds, args.steps_per_round)
+    rows, eager = [], None
+    for variant in variants:
+        row = {"size": case.size, "precision": case.precision, "variant": variant, "notes": []}
+        rows.append(row)
+        if variant == "compile-max-autotune" and args.quick:
+            row["status"] = "skipped (--quick: autotuning takes minutes)"
+            continue
+        if variant == "compile-reduce-overhead" and args.quick and case.flops_per_step > 1e10:
+            row["status"] = "skipped (--quick: GEMM-bound size, CUDA graphs cannot help)"
+            continue
+        if variant.startswith("compile") and device.type == "cpu" and not args.cpu_compile:
+            row["status"] = "skipped on CPU (pass --cpu-compile)"
+            continue
+        if variant in ("fusedgrad-step-graph", "compile-reduce-overhead") and device.type != "cuda":
+            row["status"] = "needs CUDA"
+            continue
+        log(f"{case.size} {case.precision} {variant} ...")
+        recorder = SkipRecorder()
+        logging.getLogger("torch").addHandler(recorder)
+        try:
+            torch._dynamo.reset()
+            start = time.perf_counter()
+            step, final_w1, final_w2 = build(variant, x, y, w1, w2, learning_rate(case, args.lr))
+            row.update(time_variant(step, device, warmup, rounds, per_round))
+            row["first_step_s"] += time.perf_counter() - start - row.pop("_timed_s")
+            row["status"] = "ok"
+        except Exception as error:  # a variant that cannot run is reported, not dropped
+            row["status"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
+            log(row["status"])
+            continue
+        finally:
+            logging.getLogger("torch").removeHandler(recorder)
+        row["notes"] += sorted(set(recorder.messages))
+        if variant == "eager":
+            eager = (row, final_w1.detach().clone(), final_w2.detach().clone())
+        if eager is not None:
+            eager_row, eager_w1, eager_w2 = eager
+            row["max_rel_diff_weights"] = max(relative_difference(final_w1, eager_w1),
+                                              relative_difference(final_w2, eager_w2))
+            row["rel_diff_loss"] = abs(row["final_loss"] - eager_row["final_loss"]) / max(abs(eager_row["final_loss"]), 1e-30)
+            row["correct"] = row["max_rel_diff_weights"] <= TOLERANCE[case.precision]
+            row["speedup_vs_eager"] = row["steps_per_s"] / eager_row["steps_per_s"] if row["correct"] else None
+        row["tflops"] = case.flops_per_step * row["steps_per_s"] / 1e12
+        if case.precision in peaks:
+            row["percent_of_peak"] = 100 * row["tflops"] / peaks[case.precision]
+        log(f"{case.size} {case.precision} {variant}: {row['steps_per_s']:.0f} steps/s")
+        del step
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| size | prec | variant | steps/s (p20-p80) | µs/step | vs eager | TFLOP/s | % peak | mem MiB | 1st step s | rel diff w / loss | status |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        if r.get("status") != "ok":
+            lines.append(f"| {r['size']} | {r['precision']} | {r['variant']} | | | | | | | | | {r['status']} |")
+            continue
+        speed = f"{r['speedup_vs_eager']:.2f}x" if r.get("speedup_vs_eager") else ("WRONG" if r.get("correct") is False else "")
+        mem = r["peak_memory_above_data_bytes"]
+        percent = f"{r['percent_of_peak']:.1f}" if "percent_of_peak" in r else ""
+        status = "ok" if r.get("correct", True) else "WRONG: differs from eager"
+        if r["notes"]:
+            status += "; " + " / ".join(r["notes"])
+        lines.append(
+            f"| {r['size']} | {r['precision']} | {r['variant']} | {r['steps_per_s']:.4g} "
+            f"({r['steps_per_s_p20']:.4g}-{r['steps_per_s_p80']:.4g}) | {r['us_per_step']:.1f} | {speed} | "
+            f"{r['tflops']:.3g} | {percent} | "
+            f"{'' if mem is None else f'{mem / 2**20:.1f}'} | {r['first_step_s']:.2f} | "
+            f"{r.get('max_rel_diff_weights', 0):.1e} / {r.get('rel_diff_loss', 0):.1e} | {status} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: pathlib.Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed (pip install '.[bench]'): no plot")
+        return False
+    cases = sorted({(r["size"], r["precision"]) for r in rows}, key=lambda c: (c[0], c[1]))
+    variants = [v for v in VARIANTS if any(r["variant"] == v and r.get("speedup_vs_eager") for r in rows)]
+    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(cases)), 4))
+    width = 0.8 / max(1, len(variants))
+    for i, variant in enumerate(variants):
+        values = [next((r.get("speedup_vs_eager") or 0 for r in rows if (r["size"], r["precision"]) == c
+                        and r["variant"] == variant), 0) for c in cases]
+        axis.bar([j + i * width for j in range(len(cases))], values, width, label=variant)
+    axis.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))], [f"{s}\n{p}" for s, p in cases], fontsize=7)
+    axis.set_ylabel("speedup over eager (steps/s)")
+    axis.set_yscale("log")
+    axis.axhline(1, color="gray", linewidth=0.8)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return True
+
+
+def parse_size(text: str) -> tuple[int, int, int, int]:
+    parts = tuple(int(p) for p in text.split("x"))
+    if len(parts) != 4 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"size is NxD_INxHxD_OUT, got {text!r}")
+    return parts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tutorial fp32 and 4096^4 bf16 only")
+    parser.add_argument("--sizes", type=parse_size, nargs="+", help="NxD_INxHxD_OUT, e.g. 64x1000x100x10")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps-per-round", type=int, default=50)
+    parser.add_argument("--lr", type=float, default=1e-6, help="at the tutorial's size; scaled down beyond")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--cpu-compile", action="store_true", help="also time torch.compile on CPU")
+    parser.add_argument("--json", type=pathlib.Path, help="default: bench/results/<date>-<device>.json")
+    parser.add_argument("--plot", type=pathlib.Path, help="default: the JSON path with .png")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+
+    if args.sizes or args.precisions:
+        sizes = args.sizes or [TUTORIAL]
+        cases = [Case(*s, p) for s in sizes for p in (args.precisions or PRECISIONS)]
+    elif args.quick:
+        cases = [Case(*TUTORIAL, "fp32"), Case(4096, 4096, 4096, 4096, "bf16")]
+    else:
+        cases = [Case(*s, p) for s in (TUTORIAL, (4096,) * 4, (16384, 8192, 8192, 8192)) for p in PRECISIONS]
+    if device.type == "cpu":
+        log("GPU numbers need CUDA: on CPU this compares eager with fusedgrad's ATen paths")
+        cases = [dataclasses.replace(c, precision="fp32") for c in cases if c.precision != "tf32"
+                 and (args.sizes or c.flops_per_step < 1e10)]  # large sizes take minutes a step
+        cases = list(dict.fromkeys(cases))
+
+    peaks = matmul_peaks(device, 4096 if args.quick else 8192) if device.type == "cuda" else {}
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    name = torch.cuda.get_device_name(device).replace(" ", "-") if device.type == "cuda" else "cpu"
+    json_path = args.json or RESULTS / f"{stamp}-{name}{'-quick' if args.quick else ''}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for case in cases:
+        rows += run_case(case, args.variants, device, args, peaks)
+        table = markdown(rows)  # written after every case, so an interrupted run keeps what it measured
+        result = {"rows": rows, "matmul_peak_tflops": peaks, "tolerance_rel_weights": TOLERANCE,
+                  "table": table, "complete": case == cases[-1], "environment": environment(device)}
+        json_path.write_text(json.dumps(result, indent=2))
+    plotted = plot(rows, args.plot or json_path.with_suffix(".png"))
+    print(table)
+    if device.type == "cpu":
+        print("\nGPU numbers need CUDA; these are CPU timings of the ATen paths.")
+    log(f"wrote {json_path}" + (" and its plot" if plotted else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

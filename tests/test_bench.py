@@ -1,0 +1,35 @@
+"""`bench/run.py` keeps working: a tiny --quick run on this machine's device."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_quick_run_at_tiny_size(tmp_path):
+    out = tmp_path / "bench.json"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--sizes", "8x16x8x4", "--rounds", "2",
+         "--steps-per-round", "2", "--device", device, "--json", str(out),
+         "--variants", "eager", "compile-max-autotune", "fusedgrad-autograd", "fusedgrad-step", "fusedgrad-step-graph"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(out.read_text())
+    rows = {row["variant"]: row for row in record["rows"]}
+    assert set(rows) == {"eager", "compile-max-autotune", "fusedgrad-autograd", "fusedgrad-step",
+                         "fusedgrad-step-graph"}  # torch.compile rows are left out: minutes of compiling
+    assert rows["compile-max-autotune"]["status"].startswith("skipped (--quick")
+    for variant in ("eager", "fusedgrad-autograd", "fusedgrad-step"):
+        row = rows[variant]
+        assert row["status"] == "ok" and row["correct"], row
+        assert row["steps_per_s_p20"] <= row["steps_per_s"] <= row["steps_per_s_p80"]
+        assert row["speedup_vs_eager"] > 0 and row["tflops"] > 0
+    assert record["environment"]["torch"] == torch.__version__ and record["complete"]
+    assert "| fusedgrad-step |" in result.stdout
+    if device == "cpu":
+        assert "GPU numbers need CUDA" in result.stdout
