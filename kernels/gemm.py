@@ -121,7 +121,10 @@ def _matmul_kernel(
         acc = scale * diff
     if EPILOGUE == "sgd":
         # The parameter takes the step in place: w = w - lr * (a @ b); no gradient is stored.
-        step = tl.load(lr_ptr).to(tl.float32) if LR_FROM_PTR else lr
+        if LR_FROM_PTR:
+            step = tl.load(lr_ptr).to(tl.float32)
+        else:
+            step = lr
         param = tl.load(aux_ptrs, mask=in_c, other=0.0)
         tl.store(aux_ptrs, (param.to(tl.float32) - step * acc).to(param.dtype), mask=in_c)
     else:

@@ -38,7 +38,10 @@ def _sgd_kernel(
     inside = offs < tl.load(numel_table + tensor)
     param_ptr = tl.load(params_table + tensor).to(like_ptr.dtype)
     grad_ptr = tl.load(grads_table + tensor).to(like_ptr.dtype)
-    step = tl.load(lr_ptr).to(tl.float32) if LR_FROM_PTR else lr
+    if LR_FROM_PTR:
+        step = tl.load(lr_ptr).to(tl.float32)
+    else:
+        step = lr
     param = tl.load(param_ptr + offs, mask=inside)
     grad = tl.load(grad_ptr + offs, mask=inside).to(tl.float32)
     tl.store(param_ptr + offs, (param.to(tl.float32) - step * grad).to(param.dtype), mask=inside)
