@@ -3,7 +3,8 @@
 Design trade-off: a multi-tensor launch needs the parameters' addresses on the device. They go
 in a pointer table (parameter, gradient, block start per work item) that is built once and
 reused while the addresses stay the same, which they do step after step under PyTorch's caching
-allocator; when an address changes, the new table is copied from pinned memory asynchronously.
+allocator (a few tables are kept for gradients that cycle through addresses); when an address
+changes, the new table is copied from pinned memory asynchronously.
 Either way no step waits for the GPU. Each program updates BLOCK elements of one parameter.
 The ATen reference (CPU fallback and test oracle) is `torch._foreach_add_(params, grads,
 alpha=-lr)`, what `torch.optim.SGD` runs.
@@ -50,23 +51,27 @@ def _sgd_kernel(
 class SGDLauncher:
     """Holds the device tables for one group of same-device, same-dtype parameters."""
 
+    CACHED_TABLES = 4  # gradients may cycle through a few addresses (set_to_none, allocator reuse)
+
     def __init__(self):
-        self._key = None
-        self._tables = None
+        self._tables: dict[tuple, list[torch.Tensor]] = {}
 
     def _tables_for(self, params: list[torch.Tensor], grads: list[torch.Tensor]):
-        key = tuple(p.data_ptr() for p in params) + tuple(g.data_ptr() for g in grads)
-        if key != self._key:
+        key = tuple((p.data_ptr(), g.data_ptr(), p.numel()) for p, g in zip(params, grads))
+        tables = self._tables.pop(key, None)
+        if tables is None:
             numels = [p.numel() for p in params]
             work = [(i, start) for i, numel in enumerate(numels) for start in range(0, numel, BLOCK)]
             host = [[p.data_ptr() for p in params], [g.data_ptr() for g in grads],
                     [i for i, _ in work], [start for _, start in work], numels]
             device = params[0].device
             pin = device.type == "cuda"
-            self._tables = [torch.tensor(column, dtype=torch.int64, pin_memory=pin).to(device, non_blocking=True)
-                            for column in host]
-            self._key = key
-        return self._tables
+            tables = [torch.tensor(column, dtype=torch.int64, pin_memory=pin).to(device, non_blocking=True)
+                      for column in host]
+            while len(self._tables) >= self.CACHED_TABLES:
+                self._tables.pop(next(iter(self._tables)))  # the least recently used
+        self._tables[key] = tables  # (re)inserted last: most recently used
+        return tables
 
     def step(self, params: list[torch.Tensor], grads: list[torch.Tensor], lr: float | torch.Tensor) -> None:
         """params[i] -= lr * grads[i]: contiguous tensors of one dtype and device; one launch."""
