@@ -30,7 +30,9 @@ import logging
 import math
 import pathlib
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -199,11 +201,53 @@ def matmul_peaks(device: torch.device, n: int) -> dict:
     return peaks
 
 
+def measure(case: Case, variant: str, device: torch.device, lr: float, schedule: tuple[int, int, int]):
+    """Build and time one variant on fresh data; returns (results, notes, final w1, final w2)."""
+    x, y, w1, w2 = make_data(case, device, set_precision(case.precision))
+    recorder = SkipRecorder()
+    logging.getLogger("torch").addHandler(recorder)
+    try:
+        torch._dynamo.reset()
+        start = time.perf_counter()
+        step, final_w1, final_w2 = build(variant, x, y, w1, w2, learning_rate(case, lr))
+        results = time_variant(step, device, *schedule)
+        results["first_step_s"] += time.perf_counter() - start - results.pop("_timed_s")
+    finally:
+        logging.getLogger("torch").removeHandler(recorder)
+    return results, sorted(set(recorder.messages)), final_w1.detach(), final_w2.detach()
+
+
+def measure_in_child(case: Case, variant: str, device: torch.device, lr: float, schedule, folder: pathlib.Path):
+    """`measure` in a fresh process, so that a crash inside torch.compile or its CUDA graphs
+    (seen: a segmentation fault after "skipping cudagraphs due to mutated inputs") becomes a
+    row that says so instead of the end of the benchmark."""
+    spec = folder / f"{variant}.json"
+    spec.write_text(json.dumps({"case": dataclasses.asdict(case), "variant": variant, "device": str(device),
+                                "lr": lr, "schedule": list(schedule)}))
+    child = subprocess.run([sys.executable, __file__, "--child", str(spec)], capture_output=True, text=True)
+    sys.stderr.write(child.stderr[-2000:])
+    if child.returncode != 0:
+        how = f"signal {-child.returncode}" if child.returncode < 0 else f"exit status {child.returncode}"
+        lines = [line for line in child.stderr.splitlines() if line.strip()]
+        raise RuntimeError(f"the process crashed ({how})" + (f"; last words: {lines[-1][:160]}" if lines else ""))
+    saved = torch.load(spec.with_suffix(".pt"))
+    notes = sorted(set(saved["notes"]) | {line.split("] ", 1)[-1][:200] for line in child.stderr.splitlines()
+                                          if "skipping cudagraphs" in line})
+    return saved["results"], notes, saved["w1"].to(device), saved["w2"].to(device)
+
+
+def child_main(spec_path: str) -> int:
+    spec = json.loads(pathlib.Path(spec_path).read_text())
+    results, notes, w1, w2 = measure(Case(**spec["case"]), spec["variant"], torch.device(spec["device"]),
+                                     spec["lr"], tuple(spec["schedule"]))
+    torch.save({"results": results, "notes": notes, "w1": w1.cpu(), "w2": w2.cpu()},
+               pathlib.Path(spec_path).with_suffix(".pt"))
+    return 0
+
+
 def run_case(case: Case, variants: list[str], device: torch.device, args, peaks: dict) -> list[dict]:
-    dtype = set_precision(case.precision)
-    x, y, w1, w2 = make_data(case, device, dtype)
     big = case.flops_per_step > 1e10
-    warmup, rounds, per_round = (3, args.rounds, 2) if big else (10, args.rounds, args.steps_per_round)
+    schedule = (3, args.rounds, 2) if big else (10, args.rounds, args.steps_per_round)
     rows, eager = [], None
     for variant in variants:
         row = {"size": case.size, "precision": case.precision, "variant": variant, "notes": []}
@@ -221,22 +265,19 @@ def run_case(case: Case, variants: list[str], device: torch.device, args, peaks:
             row["status"] = "needs CUDA"
             continue
         log(f"{case.size} {case.precision} {variant} ...")
-        recorder = SkipRecorder()
-        logging.getLogger("torch").addHandler(recorder)
         try:
-            torch._dynamo.reset()
-            start = time.perf_counter()
-            step, final_w1, final_w2 = build(variant, x, y, w1, w2, learning_rate(case, args.lr))
-            row.update(time_variant(step, device, warmup, rounds, per_round))
-            row["first_step_s"] += time.perf_counter() - start - row.pop("_timed_s")
-            row["status"] = "ok"
+            if variant.startswith("compile"):
+                with tempfile.TemporaryDirectory() as folder:
+                    results, notes, final_w1, final_w2 = measure_in_child(
+                        case, variant, device, args.lr, schedule, pathlib.Path(folder))
+            else:
+                results, notes, final_w1, final_w2 = measure(case, variant, device, args.lr, schedule)
         except Exception as error:  # a variant that cannot run is reported, not dropped
-            row["status"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
+            row["status"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
             log(row["status"])
             continue
-        finally:
-            logging.getLogger("torch").removeHandler(recorder)
-        row["notes"] += sorted(set(recorder.messages))
+        row.update(results, status="ok")
+        row["notes"] += notes
         if variant == "eager":
             eager = (row, final_w1.detach().clone(), final_w2.detach().clone())
         if eager is not None:
@@ -250,7 +291,6 @@ def run_case(case: Case, variants: list[str], device: torch.device, args, peaks:
         if case.precision in peaks:
             row["percent_of_peak"] = 100 * row["tflops"] / peaks[case.precision]
         log(f"{case.size} {case.precision} {variant}: {row['steps_per_s']:.0f} steps/s")
-        del step
     return rows
 
 
@@ -310,6 +350,9 @@ def parse_size(text: str) -> tuple[int, int, int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        return child_main(argv[1])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tutorial fp32 and 4096^4 bf16 only")
     parser.add_argument("--sizes", type=parse_size, nargs="+", help="NxD_INxHxD_OUT, e.g. 64x1000x100x10")
