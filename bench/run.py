@@ -37,7 +37,6 @@ import time
 
 import torch
 
-import fusedgrad
 from fusedgrad.train import environment, make_step
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
