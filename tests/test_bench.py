@@ -33,3 +33,25 @@ def test_quick_run_at_tiny_size(tmp_path):
     assert "| fusedgrad-step |" in result.stdout
     if device == "cpu":
         assert "GPU numbers need CUDA" in result.stdout
+
+
+def load_bench_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compile_variant_runs_in_a_child_process_and_its_failure_becomes_a_row(tmp_path):
+    bench = load_bench_module()
+    case = bench.Case(8, 16, 8, 4, "fp32")
+    results, notes, w1, w2 = bench.measure_in_child(case, "compile", torch.device("cpu"), 1e-3, (1, 1, 1), tmp_path)
+    assert results["steps_per_s"] > 0 and w1.shape == (16, 8) and w2.shape == (8, 4)
+    try:
+        bench.measure_in_child(case, "compile-no-such-mode", torch.device("cpu"), 1e-3, (1, 1, 1), tmp_path)
+    except RuntimeError as error:
+        assert "the process crashed (exit status 1)" in str(error)
+    else:
+        raise AssertionError("a failing child must raise")
