@@ -29,7 +29,7 @@ def matmul_reference(
     a_relu_mask: torch.Tensor | None = None,
     b_relu_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """ATen twin of `fusedgrad.kernels.matmul`, same signature and semantics."""
+    """ATen twin of `fusedgrad.kernels.matmul`: same arguments (but `config`), same semantics."""
     if a_relu_mask is not None:
         a = a.masked_fill(a_relu_mask <= 0, 0)  # torch's threshold_backward: NaN passes
     if b_relu_mask is not None:
@@ -44,8 +44,7 @@ class TritonMatmulFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, relu: bool) -> torch.Tensor:
         out = dispatch.load_kernels().matmul(a, b, relu=relu)
-        ctx.relu = relu
-        ctx.save_for_backward(a, b, out if relu else None)
+        ctx.save_for_backward(a, b, out if relu else None)  # out doubles as the ReLU mask
         return out
 
     @staticmethod
