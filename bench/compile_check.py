@@ -1,78 +1,149 @@
 """Compile every Triton kernel for Hopper (sm_90) ahead of time, without a GPU.
 
-    python bench/compile_check.py            # exit status 1 if any variant fails to compile
+    python bench/compile_check.py                # exit status 1 if any variant fails to compile
+    python bench/compile_check.py --candidates   # also every autotuning candidate, with resources
 
 Triton's interpreter runs kernels on the CPU but skips the compiler, so it cannot catch what
 only the GPU toolchain rejects (tl.dot shape rules, type errors in constexpr branches, pointer
 casts). Triton ships ptxas, so every kernel variant fusedgrad launches is compiled here to a
-sm_90 cubin. The check also reads the PTX: 16-bit GEMM tiles must use Hopper's wgmma.
+sm_90 cubin. The check also reads the PTX: 16-bit (and 3xTF32) GEMM tiles must use Hopper's
+wgmma, split-K must synchronise through an acq_rel atomic. Resources (registers, local memory
+for spills, shared memory) come from Triton's bundled cuobjdump.
 Run with TRITON_INTERPRET unset.
 """
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import os
 import sys
 
 
-def main() -> int:
+def _resources(compiled) -> str:
+    """Registers per thread and local (spill) bytes from cuobjdump, shared memory from Triton."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run([cuobjdump, "--dump-resource-usage", cubin.name],
+                               capture_output=True, text=True).stdout
+    found = dict(re.findall(r"(REG|LOCAL):(\d+)", usage))
+    return (f"{found.get('REG', '?')} registers, {found.get('LOCAL', '?')} B local, "
+            f"{compiled.metadata.shared // 1024} KiB shared")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--candidates", action="store_true",
+                        help="also compile every autotuning candidate of a 4096^3 product (relu and "
+                             "masked-B variants) and report registers, spills and shared memory")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print each variant's resources")
+    args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("compile_check.py compiles kernels: unset TRITON_INTERPRET", file=sys.stderr)
         return 2
+    import torch
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile as triton_compile
 
-    from fusedgrad.kernels import gemm, mse_loss, reduce, sgd
+    from fusedgrad.kernels import gemm, mse_loss, reduce, sgd, tuning
 
     target = GPUTarget("cuda", 90, 32)
 
-    def build(kernel, constexprs: dict, types) -> str:
+    def build(kernel, constexprs: dict, types, options: dict, aligned_sizes: bool = False):
+        """Compile for sm_90 as a launch would: pointers 16-byte aligned (torch's allocations
+        are), and with `aligned_sizes` the sizes and strides multiples of 16 too (a 4096^3
+        product), which is what lets Triton vectorise loads and pipeline them with cp.async."""
         names = list(inspect.signature(kernel.fn).parameters)
         signature = {name: "constexpr" if name in constexprs else types(name) for name in names}
+        aligned = [i for i, name in enumerate(names) if name not in constexprs and (
+            name.endswith("_ptr") or aligned_sizes and (name.startswith("stride") or name in "MNK"))]
         source = ASTSource(fn=kernel, signature=signature,
-                           constexprs={(names.index(k),): v for k, v in constexprs.items()})
-        return triton_compile(source, target=target).asm["ptx"]
+                           constexprs={(names.index(k),): v for k, v in constexprs.items()},
+                           attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
+        return triton_compile(source, target=target, options=options)
 
     failures, checked = [], 0
 
-    def check(name: str, kernel, constexprs: dict, types, expect_in_ptx: str | None = None) -> None:
+    def check(name: str, kernel, constexprs: dict, types, expect_in_ptx: str | None = None,
+              options: dict | None = None, report: bool = False, aligned_sizes: bool = False) -> None:
         nonlocal checked
         checked += 1
         try:
-            ptx = build(kernel, constexprs, types)
+            compiled = build(kernel, constexprs, types, options or {}, aligned_sizes)
         except Exception as error:  # report every failing variant, not just the first
             failures.append(f"{name}: {type(error).__name__}: {str(error)[:500]}")
             return
-        if expect_in_ptx and expect_in_ptx not in ptx:
+        if expect_in_ptx and expect_in_ptx not in compiled.asm["ptx"]:
             failures.append(f"{name}: compiled, but `{expect_in_ptx}` is not in its PTX")
+        if report or args.verbose:
+            print(f"{name}: {_resources(compiled)}")
 
-    for dtype, precision in (("fp32", "ieee"), ("fp32", "tf32"), ("bf16", None), ("fp16", None)):
-        def types(name, dtype=dtype):
-            if name in ("partials_ptr", "reduce_ptr", "reduce_out_ptr", "lr_ptr"):
+    def gemm_types(dtype):
+        def types(name):
+            if name in ("partials_ptr", "reduce_ptr", "reduce_out_ptr", "lr_ptr", "workspace_ptr"):
                 return "*fp32"
+            if name == "counter_ptr":
+                return "*i32"
             if name.endswith("_ptr"):
                 return f"*{dtype}"
             return "fp32" if name in ("scale", "reduce_scale", "lr") else "i32"
+        return types
 
+    def gemm_constexprs(epilogue, mask_operand, precision, block_m, block_n, block_k, split_k=1):
+        return dict(MASK_OPERAND=mask_operand, EPILOGUE=epilogue, LR_FROM_PTR=epilogue == "sgd",
+                    REDUCE_PARTIALS=epilogue == "relu_mask", INPUT_PRECISION=precision,
+                    BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=split_k)
+
+    for dtype, precision in (("fp32", "ieee"), ("fp32", "tf32"), ("bf16", None), ("fp16", None)):
+        types = gemm_types(dtype)
+        block_k = 32 if dtype == "fp32" else 64
         # The (epilogue, masked operand) pairs fusedgrad launches, on a small tile and a large one.
         used = [("none", gemm.NO_MASK), ("relu", gemm.NO_MASK), ("none", gemm.MASK_A), ("none", gemm.MASK_B),
                 ("relu_mask", gemm.NO_MASK), ("squared_error", gemm.NO_MASK), ("sgd", gemm.NO_MASK)]
         for index, (epilogue, mask_operand) in enumerate(used):
             block_m = block_n = 128 if index % 2 else 16
-            constexprs = dict(MASK_OPERAND=mask_operand, EPILOGUE=epilogue, LR_FROM_PTR=epilogue == "sgd",
-                              REDUCE_PARTIALS=epilogue == "relu_mask", INPUT_PRECISION=precision,
-                              BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=32 if dtype == "fp32" else 64, GROUP_M=8)
             wgmma = "wgmma" if dtype != "fp32" and block_m == 128 else None
             check(f"gemm {dtype}/{precision} {epilogue} mask={mask_operand} {block_m}x{block_n}",
-                  gemm._matmul_kernel, constexprs, types, wgmma)
+                  gemm._matmul_kernel, gemm_constexprs(epilogue, mask_operand, precision, block_m, block_n, block_k),
+                  types, wgmma)
+        # Split-K (partial tiles, an acq_rel tile counter, the epilogue in the last program).
+        for epilogue, mask_operand in (("relu", gemm.NO_MASK), ("none", gemm.MASK_B), ("sgd", gemm.NO_MASK)):
+            check(f"gemm {dtype}/{precision} {epilogue} mask={mask_operand} 16x16 split-K 4",
+                  gemm._matmul_kernel, gemm_constexprs(epilogue, mask_operand, precision, 16, 16, 64, 4),
+                  types, "atom.global.gpu.acq_rel")
         check(f"sgd {dtype}", sgd._sgd_kernel, dict(LR_FROM_PTR=True, BLOCK=sgd.BLOCK),
               lambda n, d=dtype: "fp32" if n == "lr" else ("*fp32" if n == "lr_ptr" else f"*{d}" if n == "like_ptr" else "*i64"))
         check(f"squared error {dtype}", mse_loss._squared_error_kernel, dict(BLOCK=mse_loss.BLOCK),
               lambda n, d=dtype: f"*{d}" if n.endswith("_ptr") and n != "out_ptr" else
               ("*fp32" if n == "out_ptr" else "fp32" if n.startswith("scale") else "i32"))
+    # 3xTF32: three tf32 products per fp32 dot, on tensor cores.
+    check("gemm fp32/tf32x3 relu 128x128", gemm._matmul_kernel,
+          gemm_constexprs("relu", gemm.NO_MASK, "tf32x3", 128, 128, 32), gemm_types("fp32"), "wgmma")
     check("sum partials", reduce._sum_partials_kernel, dict(BLOCK=1024),
           lambda n: "*fp32" if n.endswith("_ptr") else ("fp32" if n == "scale" else "i32"))
+
+    if args.candidates:
+        for dtype, torch_dtype, precision in (("bf16", torch.bfloat16, None), ("fp32", torch.float32, "tf32"),
+                                              ("fp32", torch.float32, "ieee")):
+            for config in tuning.candidates(4096, 4096, 4096, torch_dtype, precision, 132)[1:]:
+                tile = {k: config[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")}
+                options = dict(num_warps=config["num_warps"], num_stages=config["num_stages"])
+                for epilogue, mask_operand in (("relu", gemm.NO_MASK), ("none", gemm.MASK_B)):
+                    constexprs = gemm_constexprs(epilogue, mask_operand, precision, *tile.values())
+                    constexprs.update(stride_ak=1, stride_bn=1, stride_cn=1,
+                                      **({"stride_gate_1": 1} if mask_operand else {}))
+                    check(f"candidate {dtype}/{precision} {epilogue} mask={mask_operand} "
+                          f"{tile['BLOCK_M']}x{tile['BLOCK_N']}x{tile['BLOCK_K']} w{options['num_warps']} "
+                          f"s{options['num_stages']}", gemm._matmul_kernel,
+                          constexprs, gemm_types(dtype), options=options, report=True, aligned_sizes=True)
 
     for failure in failures:
         print("FAIL", failure)

@@ -4,7 +4,7 @@ Importing fusedgrad touches neither CUDA nor triton: the kernels load on first u
 """
 
 from . import optim
-from .dispatch import BACKENDS, backend, current_backend
+from .dispatch import BACKENDS, FP32_PRECISIONS, backend, current_backend, current_fp32_precision, fp32_precision
 from .loss import mse_loss
 from .matmul import matmul_reference, mm, mm_relu
 from .nn import TwoLayerNet
@@ -12,5 +12,6 @@ from .step import CUDAGraphStep, train_step, train_step_reference
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKENDS", "CUDAGraphStep", "TwoLayerNet", "backend", "current_backend", "matmul_reference",
-           "mm", "mm_relu", "mse_loss", "optim", "train_step", "train_step_reference", "__version__"]
+__all__ = ["BACKENDS", "CUDAGraphStep", "FP32_PRECISIONS", "TwoLayerNet", "backend", "current_backend",
+           "current_fp32_precision", "fp32_precision", "matmul_reference", "mm", "mm_relu", "mse_loss", "optim",
+           "train_step", "train_step_reference", "__version__"]

@@ -8,6 +8,14 @@
 The name in force is the innermost `fusedgrad.backend(name)` block, else the environment
 variable FUSEDGRAD_BACKEND (read at each call), else "auto". Nothing here imports triton or
 touches CUDA: `fusedgrad.kernels` is imported on the first Triton launch.
+
+fp32 matmul precision of the Triton kernels, chosen the same way (`fusedgrad.fp32_precision`
+blocks, else FUSEDGRAD_FP32_PRECISION, else "torch"):
+    "torch"   torch's own setting, as cuBLAS follows it: IEEE fp32, or tf32 where
+              `torch.backends.cuda.matmul.fp32_precision` (allow_tf32) asks for it
+    "tf32x3"  three tf32 tensor-core products per fp32 product (the operands split into a tf32
+              head and a tf32 tail; tail x tail dropped): close to IEEE accuracy, tensor-core
+              speed. An opt-in: ATen has no such mode, so the ATen backend keeps torch's setting.
 """
 
 from __future__ import annotations
@@ -23,7 +31,12 @@ BACKENDS = ("auto", "triton", "aten")
 ENV_VAR = "FUSEDGRAD_BACKEND"
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
+FP32_PRECISIONS = ("torch", "tf32x3")
+PRECISION_ENV_VAR = "FUSEDGRAD_FP32_PRECISION"
+
 _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("fusedgrad_backend", default=None)
+_precision_override: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "fusedgrad_fp32_precision", default=None)
 
 
 def _check_name(name: object, where: str) -> str:
@@ -49,6 +62,38 @@ def backend(name: str) -> Iterator[str]:
         yield name
     finally:
         _override.reset(token)
+
+
+def _check_precision(name: object, where: str) -> str:
+    if name not in FP32_PRECISIONS:
+        raise ValueError(f"{where}: unknown fp32 precision {name!r}; choose one of {', '.join(FP32_PRECISIONS)}")
+    return name  # type: ignore[return-value]
+
+
+def current_fp32_precision() -> str:
+    """The fp32 precision in force here for the Triton kernels: "torch" or "tf32x3"."""
+    name = _precision_override.get()
+    if name is not None:
+        return name
+    return _check_precision(os.environ.get(PRECISION_ENV_VAR, "torch").strip().lower() or "torch",
+                            f"environment variable {PRECISION_ENV_VAR}")
+
+
+@contextlib.contextmanager
+def fp32_precision(name: str) -> Iterator[str]:
+    """Run the Triton kernels' fp32 products inside the block at precision `name`
+    ("torch" or "tf32x3"); 16-bit inputs and the ATen backend are unaffected."""
+    token = _precision_override.set(_check_precision(name, "fusedgrad.fp32_precision"))
+    try:
+        yield name
+    finally:
+        _precision_override.reset(token)
+
+
+def kernel_fp32_precision() -> str | None:
+    """What the kernel launchers take: None (follow torch) or "tf32x3"."""
+    name = current_fp32_precision()
+    return None if name == "torch" else name
 
 
 def load_kernels():

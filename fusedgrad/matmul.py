@@ -43,7 +43,9 @@ class TritonMatmulFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, relu: bool) -> torch.Tensor:
-        out = dispatch.load_kernels().matmul(a, b, relu=relu)
+        # Backward runs at the forward's fp32 precision, wherever `backward()` is called.
+        ctx.fp32_precision = dispatch.kernel_fp32_precision()
+        out = dispatch.load_kernels().matmul(a, b, relu=relu, fp32_precision=ctx.fp32_precision)
         ctx.save_for_backward(a, b, out if relu else None)  # out doubles as the ReLU mask
         return out
 
@@ -54,9 +56,9 @@ class TritonMatmulFunction(torch.autograd.Function):
         matmul = dispatch.load_kernels().matmul
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_a = matmul(grad_out, b.T, a_relu_mask=out)
+            grad_a = matmul(grad_out, b.T, a_relu_mask=out, fp32_precision=ctx.fp32_precision)
         if ctx.needs_input_grad[1]:
-            grad_b = matmul(a.T, grad_out, b_relu_mask=out)
+            grad_b = matmul(a.T, grad_out, b_relu_mask=out, fp32_precision=ctx.fp32_precision)
         return grad_a, grad_b, None
 
 

@@ -58,7 +58,7 @@ def train_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: torch.Ten
     _check(x, y, w1, w2, lr)
     if dispatch.resolve(x) == "triton":
         with torch.no_grad():
-            return dispatch.load_kernels().two_layer_sgd_step(x, y, w1, w2, lr)
+            return dispatch.load_kernels().two_layer_sgd_step(x, y, w1, w2, lr, dispatch.kernel_fp32_precision())
     return train_step_reference(x, y, w1, w2, lr)
 
 

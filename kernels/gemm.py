@@ -27,12 +27,11 @@ The ATen reference of the plain GEMM (CPU fallback and test oracle) is
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
+from . import tuning
 from .reduce import sum_in_fixed_order
 
 # Which operand, if any, is multiplied by relu'(gate) as it is loaded.
@@ -52,6 +51,8 @@ def _matmul_kernel(
     reduce_ptr,    # REDUCE_PARTIALS: partial sums of an earlier launch, folded into reduce_out_ptr
     reduce_out_ptr,
     lr_ptr,        # sgd with LR_FROM_PTR: the learning rate as a 0-d tensor
+    workspace_ptr,  # SPLIT_K > 1: fp32 partial tiles, (SPLIT_K, programs, BLOCK_M * BLOCK_N)
+    counter_ptr,    # SPLIT_K > 1: int32 per tile, 0 before the launch and after it
     # sizes
     M, N, K, num_reduce,
     # strides
@@ -69,9 +70,10 @@ def _matmul_kernel(
     EPILOGUE: tl.constexpr,      # one of EPILOGUES
     LR_FROM_PTR: tl.constexpr,
     REDUCE_PARTIALS: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for fp32 inputs; None for 16-bit
+    INPUT_PRECISION: tl.constexpr,  # "ieee", "tf32" or "tf32x3" for fp32 inputs; None for 16-bit
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr,         # programs per output tile, each over a slice of K
 ):
     # Grouped ordering: GROUP_M consecutive row-blocks share each column-block of B in L2.
     pid = tl.program_id(0)
@@ -86,13 +88,19 @@ def _matmul_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
+    # Split-K: program (pid, pid_k) covers K steps [k_begin, k_end), a whole number of BLOCK_K.
+    pid_k = tl.program_id(1)
+    k_span = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K
+    k_begin = pid_k * k_span
+    k_end = min(K, k_begin + k_span)
+
     # Element offsets in int64: row * stride overflows int32 past 2**31 elements.
     rows_m = offs_m.to(tl.int64)[:, None]
     cols_n = offs_n.to(tl.int64)[None, :]
     in_c = (offs_m[:, None] < M) & (offs_n[None, :] < N)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_begin, k_end, BLOCK_K):
         k = k0 + offs_k
         k_row = k.to(tl.int64)[None, :]
         k_col = k.to(tl.int64)[:, None]
@@ -108,43 +116,71 @@ def _matmul_kernel(
             b = tl.where(gate <= 0, 0.0, b)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
-    aux_ptrs = aux_ptr + rows_m * stride_aux_m + cols_n * stride_aux_n
-    if EPILOGUE == "relu":
-        # `acc < 0` is false for NaN, so NaN propagates (tl.maximum would drop it).
-        acc = tl.where(acc < 0, 0.0, acc)
-    if EPILOGUE == "relu_mask":
-        acc = tl.where(tl.load(aux_ptrs, mask=in_c, other=0.0) <= 0, 0.0, acc)
-    if EPILOGUE == "squared_error":
-        # d = prediction - target; this program's sum of d**2, and C = scale * d (the gradient).
-        diff = tl.where(in_c, acc - tl.load(aux_ptrs, mask=in_c, other=0.0).to(tl.float32), 0.0)
-        tl.store(partials_ptr + pid, tl.sum(tl.sum(diff * diff, axis=1), axis=0))
-        acc = scale * diff
-    if EPILOGUE == "sgd":
-        # The parameter takes the step in place: w = w - lr * (a @ b); no gradient is stored.
-        if LR_FROM_PTR:
-            step = tl.load(lr_ptr).to(tl.float32)
-        else:
-            step = lr
-        param = tl.load(aux_ptrs, mask=in_c, other=0.0)
-        tl.store(aux_ptrs, (param.to(tl.float32) - step * acc).to(param.dtype), mask=in_c)
-    else:
-        tl.store(c_ptr + rows_m * stride_cm + cols_n * stride_cn, acc.to(c_ptr.dtype.element_ty), mask=in_c)
+    finish = True
+    if SPLIT_K > 1:
+        # Each K slice stores its partial tile; the tile's last program to arrive (an acq_rel
+        # counter) adds the slices up in slice order, so the sum never depends on timing, and
+        # runs the epilogue. It leaves the counter at 0 for the next launch.
+        tile_size = BLOCK_M * BLOCK_N
+        in_tile = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+        tile_ws = workspace_ptr + pid.to(tl.int64) * tile_size + in_tile
+        slice_stride = tl.num_programs(0).to(tl.int64) * tile_size
+        tl.store(tile_ws + pid_k * slice_stride, acc)
+        tl.debug_barrier()  # every thread's partial is written before the counter moves
+        finish = tl.atomic_add(counter_ptr + pid, 1, sem="acq_rel") == SPLIT_K - 1
+        if finish:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for k_slice in range(0, SPLIT_K):
+                acc += tl.load(tile_ws + k_slice * slice_stride, cache_modifier=".cg")
+            tl.store(counter_ptr + pid, 0)
 
-    if REDUCE_PARTIALS:
-        # Stream order makes the earlier launch's partials complete; program 0 adds them up.
-        if pid == 0:
-            total = sum_in_fixed_order(reduce_ptr, num_reduce, 1024) * reduce_scale
-            tl.store(reduce_out_ptr, total.to(reduce_out_ptr.dtype.element_ty))
+    if finish:
+        aux_ptrs = aux_ptr + rows_m * stride_aux_m + cols_n * stride_aux_n
+        if EPILOGUE == "relu":
+            # `acc < 0` is false for NaN, so NaN propagates (tl.maximum would drop it).
+            acc = tl.where(acc < 0, 0.0, acc)
+        if EPILOGUE == "relu_mask":
+            acc = tl.where(tl.load(aux_ptrs, mask=in_c, other=0.0) <= 0, 0.0, acc)
+        if EPILOGUE == "squared_error":
+            # d = prediction - target; this program's sum of d**2, and C = scale * d (the gradient).
+            diff = tl.where(in_c, acc - tl.load(aux_ptrs, mask=in_c, other=0.0).to(tl.float32), 0.0)
+            tl.store(partials_ptr + pid, tl.sum(tl.sum(diff * diff, axis=1), axis=0))
+            acc = scale * diff
+        if EPILOGUE == "sgd":
+            # The parameter takes the step in place: w = w - lr * (a @ b); no gradient is stored.
+            if LR_FROM_PTR:
+                step = tl.load(lr_ptr).to(tl.float32)
+            else:
+                step = lr
+            param = tl.load(aux_ptrs, mask=in_c, other=0.0)
+            tl.store(aux_ptrs, (param.to(tl.float32) - step * acc).to(param.dtype), mask=in_c)
+        else:
+            tl.store(c_ptr + rows_m * stride_cm + cols_n * stride_cn, acc.to(c_ptr.dtype.element_ty), mask=in_c)
+
+        if REDUCE_PARTIALS:
+            # Stream order makes the earlier launch's partials complete; program 0 adds them up.
+            if pid == 0:
+                total = sum_in_fixed_order(reduce_ptr, num_reduce, 1024) * reduce_scale
+                tl.store(reduce_out_ptr, total.to(reduce_out_ptr.dtype.element_ty))
 
 
 # True when Triton's interpreter (TRITON_INTERPRET=1 before triton was imported) runs the kernels.
 INTERPRETED = type(_matmul_kernel).__name__ == "InterpretedFunction"
 
 
-def _input_precision(dtype: torch.dtype):
-    """The dot precision for fp32 inputs follows torch's fp32 matmul setting, as cuBLAS does."""
+FP32_PRECISIONS = ("ieee", "tf32", "tf32x3")
+
+
+def input_precision(dtype: torch.dtype, fp32_precision: str | None = None) -> str | None:
+    """tl.dot's input_precision for `dtype`: None for 16-bit inputs; for fp32, `fp32_precision`
+    when given ("tf32x3": three tf32 products, near-fp32 accuracy on tensor cores), else torch's
+    fp32 matmul setting, as cuBLAS follows it."""
     if dtype != torch.float32:
         return None
+    if fp32_precision is not None:
+        if fp32_precision not in FP32_PRECISIONS:
+            raise ValueError(f"fp32 precision {fp32_precision!r} is not one of {FP32_PRECISIONS}")
+        return fp32_precision
     matmul = torch.backends.cuda.matmul
     precision = getattr(matmul, "fp32_precision", None)
     if precision is None:  # torch without the fp32_precision API
@@ -154,40 +190,29 @@ def _input_precision(dtype: torch.dtype):
     return "tf32" if precision == "tf32" else "ieee"
 
 
-# Tile shapes (BLOCK_M, BLOCK_N), largest first; every block is >= 16, tl.dot's minimum.
-_TILES = ((128, 128), (64, 128), (128, 64), (64, 64), (32, 64), (64, 32), (32, 32), (16, 32), (32, 16), (16, 16))
-
-
-@functools.lru_cache(maxsize=None)
-def _multiprocessors(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def _config(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device) -> dict:
-    """Tile shape and launch parameters: the largest tile that still gives every multiprocessor a
-    program, else the smallest (skinny problems such as the tutorial's 64 x 100 output would
-    otherwise run on one or two multiprocessors).
-
-    Under the interpreter every program is a Python call, so tiles are large; 32 still gives
-    odd test shapes several tiles and several K steps.
-    """
-    if INTERPRETED:
-        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, num_warps=4, num_stages=1)
-    programs_wanted = _multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
-    for block_m, block_n in _TILES:
-        if triton.cdiv(M, block_m) * triton.cdiv(N, block_n) >= programs_wanted:
-            break
-    small = block_m * block_n <= 32 * 64
-    block_k = 64 if small or dtype != torch.float32 else 32
-    num_warps = 4 if block_m * block_n <= 64 * 64 else 8
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8,
-                num_warps=num_warps, num_stages=3)
-
-
 def plan(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device, config: dict | None = None):
-    """(config, number of programs) of a launch, so callers can size per-program buffers."""
-    config = config or _config(M, N, K, dtype, device)
+    """(config, number of output tiles) of a launch, so callers can size per-tile buffers before
+    it; pass the config on to `launch` (a launch given a config never autotunes)."""
+    if config is None:
+        config = (dict(tuning.INTERPRETER_CONFIG) if INTERPRETED else
+                  tuning.heuristic(M, N, K, dtype, tuning.multiprocessors(tuning._device_index(device))))
     return config, triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"])
+
+
+# Split-K tile counters, per (device, stream): each launch leaves them at 0. Buffers are never
+# freed, since a captured CUDA graph may still use an older one.
+_counters: dict[tuple, torch.Tensor] = {}
+_all_counters: list[torch.Tensor] = []
+
+
+def _tile_counters(device: torch.device, tiles: int) -> torch.Tensor:
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    counters = _counters.get((device, stream))
+    if counters is None or counters.numel() < tiles:
+        counters = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=device)
+        _counters[(device, stream)] = counters
+        _all_counters.append(counters)
+    return counters
 
 
 def launch(
@@ -206,42 +231,67 @@ def launch(
     reduce_out: torch.Tensor | None = None,
     reduce_scale: float = 1.0,
     config: dict | None = None,
+    fp32_precision: str | None = None,
 ) -> None:
     """Launch `_matmul_kernel` on checked, allocated tensors (callers check; this only launches).
 
     c: (M, N) output, None for the "sgd" epilogue (it writes `aux`). Unused pointers get a
     dummy tensor. With `reduce`, program 0 also writes reduce_scale * sum(reduce) to reduce_out.
+    `config` fixes the tiles; without it `tuning.choose` picks them (heuristic or autotuned).
     """
     M, K = a.shape
     N = b.shape[1]
-    config, programs = plan(M, N, K, a.dtype, a.device, config)
-    if programs == 0:
+    if M == 0 or N == 0:
         return
-    lr_from_ptr = isinstance(lr, torch.Tensor)
-    dummy = a
-    gate = dummy if gate is None else gate
-    aux = dummy if aux is None else aux
-    c = aux if c is None else c
-    _matmul_kernel[(programs,)](
-        a, b, c, gate, aux,
-        dummy if partials is None else partials,
-        dummy if reduce is None else reduce,
-        dummy if reduce_out is None else reduce_out,
-        lr if lr_from_ptr else dummy,
-        M, N, K, 0 if reduce is None else reduce.numel(),
-        a.stride(0), a.stride(1),
-        b.stride(0), b.stride(1),
-        c.stride(0), c.stride(1),
-        gate.stride(0), gate.stride(1),
-        aux.stride(0), aux.stride(1),
-        float(scale), float(reduce_scale), 0.0 if lr_from_ptr else float(lr),
-        MASK_OPERAND=mask_operand,
-        EPILOGUE=epilogue,
-        LR_FROM_PTR=lr_from_ptr,
-        REDUCE_PARTIALS=reduce is not None,
-        INPUT_PRECISION=_input_precision(a.dtype),
-        **config,
-    )
+    precision = input_precision(a.dtype, fp32_precision)
+
+    def run(config, c, aux, partials, reduce_out):
+        config = {"GROUP_M": 8, "SPLIT_K": 1, **config}
+        split_k = config["SPLIT_K"]
+        tiles = triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"])
+        workspace = counters = a
+        if split_k > 1:
+            workspace = torch.empty(split_k * tiles * config["BLOCK_M"] * config["BLOCK_N"],
+                                    dtype=torch.float32, device=a.device)
+            counters = _tile_counters(a.device, tiles)
+        lr_from_ptr = isinstance(lr, torch.Tensor)
+        dummy = a
+        gate_ = dummy if gate is None else gate
+        aux = dummy if aux is None else aux
+        c = aux if c is None else c
+        _matmul_kernel[(tiles, split_k)](
+            a, b, c, gate_, aux,
+            dummy if partials is None else partials,
+            dummy if reduce is None else reduce,
+            dummy if reduce_out is None else reduce_out,
+            lr if lr_from_ptr else dummy,
+            workspace, counters,
+            M, N, K, 0 if reduce is None else reduce.numel(),
+            a.stride(0), a.stride(1),
+            b.stride(0), b.stride(1),
+            c.stride(0), c.stride(1),
+            gate_.stride(0), gate_.stride(1),
+            aux.stride(0), aux.stride(1),
+            float(scale), float(reduce_scale), 0.0 if lr_from_ptr else float(lr),
+            MASK_OPERAND=mask_operand,
+            EPILOGUE=epilogue,
+            LR_FROM_PTR=lr_from_ptr,
+            REDUCE_PARTIALS=reduce is not None,
+            INPUT_PRECISION=precision,
+            **config,
+        )
+
+    def time_ms(config) -> float:
+        """Median time of `config` on scratch outputs: the caller's tensors are only read."""
+        scratch = [None if t is None else torch.empty_like(t) for t in (c, partials, reduce_out)]
+        scratch_aux = aux.clone() if epilogue == "sgd" else aux
+        return triton.testing.do_bench(lambda: run(config, scratch[0], scratch_aux, scratch[1], scratch[2]),
+                                       warmup=10, rep=40, return_mode="median")
+
+    if config is None:
+        config = tuning.choose(a, b, f"{epilogue} mask={mask_operand}", precision,
+                               interpreted=INTERPRETED, time_ms=time_ms)
+    run(config, c, aux, partials, reduce_out)
 
 
 def matmul(
@@ -252,12 +302,14 @@ def matmul(
     a_relu_mask: torch.Tensor | None = None,
     b_relu_mask: torch.Tensor | None = None,
     config: dict | None = None,
+    fp32_precision: str | None = None,
 ) -> torch.Tensor:
     """`(a * relu'(a_relu_mask)) @ (b * relu'(b_relu_mask))`, then `relu` if asked.
 
     a: (M, K), b: (K, N), any strides; a mask, when given, is a ReLU output shaped like the
     operand it gates. Returns a new contiguous (M, N) tensor of a's dtype. `config` overrides
-    the tile choice (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages), for tuning.
+    the tile choice (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_K, num_warps, num_stages);
+    `fp32_precision` ("ieee", "tf32", "tf32x3") overrides torch's setting for fp32 inputs.
     """
     # check
     M, K = a.shape
@@ -280,5 +332,6 @@ def matmul(
     # allocate
     c = torch.empty((M, N), dtype=a.dtype, device=a.device)
     # launch
-    launch(a, b, c, mask_operand=mask_operand, gate=gate, epilogue="relu" if relu else "none", config=config)
+    launch(a, b, c, mask_operand=mask_operand, gate=gate, epilogue="relu" if relu else "none", config=config,
+           fp32_precision=fp32_precision)
     return c

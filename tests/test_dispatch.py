@@ -32,6 +32,24 @@ def test_environment_variable_is_read_at_call_time(monkeypatch):
         fusedgrad.mm(torch.randn(2, 2), torch.randn(2, 2))
 
 
+def test_fp32_precision_setting(monkeypatch):
+    monkeypatch.delenv("FUSEDGRAD_FP32_PRECISION", raising=False)
+    assert fusedgrad.current_fp32_precision() == "torch" and dispatch.kernel_fp32_precision() is None
+    with fusedgrad.fp32_precision("tf32x3"):
+        assert dispatch.kernel_fp32_precision() == "tf32x3"
+        with fusedgrad.fp32_precision("torch"):
+            assert dispatch.kernel_fp32_precision() is None
+        assert fusedgrad.current_fp32_precision() == "tf32x3"
+    monkeypatch.setenv("FUSEDGRAD_FP32_PRECISION", "TF32x3")
+    assert fusedgrad.current_fp32_precision() == "tf32x3"
+    monkeypatch.setenv("FUSEDGRAD_FP32_PRECISION", "bf16")
+    with pytest.raises(ValueError, match="FUSEDGRAD_FP32_PRECISION.*'bf16'"):
+        fusedgrad.current_fp32_precision()
+    with pytest.raises(ValueError, match="unknown fp32 precision 'ieee'"):
+        with fusedgrad.fp32_precision("ieee"):
+            pass
+
+
 def test_unknown_backend_name():
     with pytest.raises(ValueError, match="unknown backend 'fast'"):
         with fusedgrad.backend("fast"):

@@ -173,3 +173,88 @@ def test_loss_is_deterministic_on_gpu():
     with fusedgrad.backend("triton"):
         losses = [fusedgrad.mse_loss(big, torch.zeros_like(big)) for _ in range(5)]
     assert all(torch.equal(loss, losses[0]) for loss in losses)
+
+
+def test_tf32x3_is_near_ieee_accuracy():
+    """3xTF32 (fusedgrad.fp32_precision("tf32x3")) against IEEE fp32 and plain tf32, on data
+    with a wide exponent range: its error must sit near IEEE's, far below tf32's."""
+    a = torch.randn(512, 2048, device="cuda") * torch.logspace(-3, 3, 2048, device="cuda")
+    b = torch.randn(2048, 384, device="cuda")
+    reference = a.double().cpu() @ b.double().cpu()
+    errors = {}
+    for precision in ("ieee", "tf32", "tf32x3"):
+        out = fusedgrad.kernels.matmul(a, b, fp32_precision=precision)
+        errors[precision] = relative_error(out, reference)
+    print("relative error vs float64:", errors)
+    assert errors["tf32x3"] < errors["tf32"] / 50
+    assert errors["tf32x3"] < 10 * errors["ieee"] + 1e-7
+
+
+def _split_config(split_k):
+    return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=8, SPLIT_K=split_k, num_warps=4, num_stages=3)
+
+
+def test_split_k_under_graph_replay_and_on_two_streams():
+    """Split-K tile counters: replayed in a CUDA graph and run concurrently on two streams, the
+    results stay bitwise equal to one eager launch (every launch leaves its counters at 0)."""
+    a, b = torch.randn(96, 4096, device="cuda"), torch.randn(4096, 64, device="cuda")
+    expected = fusedgrad.kernels.matmul(a, b, relu=True, config=_split_config(8))
+    static_out = [None]
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fusedgrad.kernels.matmul(a, b, relu=True, config=_split_config(8))
+    torch.cuda.current_stream().wait_stream(side)
+    with torch.cuda.graph(graph):
+        static_out[0] = fusedgrad.kernels.matmul(a, b, relu=True, config=_split_config(8))
+    for _ in range(5):
+        graph.replay()
+        assert torch.equal(static_out[0], expected)
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    outs = {0: [], 1: []}
+    for _ in range(20):
+        for index, stream in enumerate(streams):
+            with torch.cuda.stream(stream):
+                outs[index].append(fusedgrad.kernels.matmul(a, b, relu=True, config=_split_config(8)))
+    torch.cuda.synchronize()
+    assert all(torch.equal(out, expected) for index in outs for out in outs[index])
+    assert_close(expected, (a.double() @ b.double()).relu().cpu(), "float32")
+
+
+def test_autotune_on_gpu_caches_and_never_tunes_in_a_capture(tmp_path, monkeypatch):
+    from fusedgrad.kernels import tuning
+    monkeypatch.setenv(tuning.CACHE_ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(tuning, "TUNER", tuning.Tuner())
+    a = make_operand(256, 640, torch.bfloat16, "cuda").requires_grad_()
+    b = make_operand(640, 384, torch.bfloat16, "cuda", "transposed").requires_grad_()
+    grad_out = torch.randn(256, 384, dtype=torch.bfloat16, device="cuda")
+    x, w = torch.randn(192, 2048, device="cuda"), torch.randn(2048, 96, device="cuda")
+    fusedgrad.kernels.matmul(x, w, relu=True)  # compile the heuristic's kernel before autotuning
+    tuning.set_autotune(True)
+    try:
+        with fusedgrad.backend("triton"):
+            out = fusedgrad.mm_relu(a, b)
+        out.backward(grad_out)
+        table = tuning.TUNER._read()
+        assert len(table) == 3  # forward and both masked backward variants, each tuned once
+        assert all(entry["ms"] > 0 and entry["config"] in [c for c, _ in entry["timed"]] for entry in table.values())
+        ref_out, ref_a, ref_b = relu_matmul_float64(a, b, grad_out, mask_from=out)
+        for actual, reference in ((out, ref_out), (a.grad, ref_a), (b.grad, ref_b)):
+            assert_close(actual, reference, "bfloat16")
+        # A new bucket inside a capture: the heuristic's config runs, nothing is timed or written.
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = fusedgrad.kernels.matmul(x, w, relu=True)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert len(tuning.TUNER._read()) == 3
+        assert_close(captured, (x.double() @ w.double()).relu().cpu(), "float32" if not torch.backends.cuda.matmul.allow_tf32 else "tf32")
+        # The fused step's warm-up (outside its capture) tunes its four tunable GEMMs.
+        xs, ys = torch.randn(64, 1000, device="cuda"), torch.randn(64, 10, device="cuda")
+        w1, w2 = torch.randn(1000, 100, device="cuda") * 0.01, torch.randn(100, 10, device="cuda") * 0.1
+        step = fusedgrad.CUDAGraphStep(xs, ys, w1, w2, 1e-6)
+        assert len(tuning.TUNER._read()) == 3 + 4
+        assert torch.isfinite(step.replay()).item()
+    finally:
+        tuning.set_autotune(None)

@@ -154,8 +154,8 @@ def test_only_needed_gradients_are_computed(needs, kernel_calls):
     fusedgrad.mm_relu(a, b).sum().backward()
     assert (a.grad is not None, b.grad is not None) == needs
     assert len(kernel_calls) == 1 + sum(needs)  # forward + one GEMM per needed gradient
-    assert kernel_calls[0] == {"relu": True}
-    masks = [k for call in kernel_calls[1:] for k in call]
+    assert kernel_calls[0] == {"relu": True, "fp32_precision": None}
+    masks = [k for call in kernel_calls[1:] for k in call if k != "fp32_precision"]
     assert masks == [m for m, need in zip(["a_relu_mask", "b_relu_mask"], needs) if need]
 
 
@@ -166,6 +166,19 @@ def test_backend_of_forward_also_runs_backward(kernel_calls):
     with fusedgrad.backend("aten"):
         out.sum().backward()
     assert len(kernel_calls) == 3
+
+
+def test_fp32_precision_of_forward_also_runs_backward(kernel_calls):
+    """fusedgrad.fp32_precision reaches the kernels, and backward keeps the forward's setting
+    (as autocast does), even when it runs after the block."""
+    a = make_operand(8, 16, torch.float32, DEVICE).requires_grad_()
+    b = make_operand(16, 12, torch.float32, DEVICE).requires_grad_()
+    with fusedgrad.fp32_precision("tf32x3"):
+        out = fusedgrad.mm_relu(a, b)
+    out.sum().backward()
+    assert [call["fp32_precision"] for call in kernel_calls] == ["tf32x3"] * 3
+    _, ref_a, ref_b = relu_matmul_float64(a, b, torch.ones(8, 12))
+    assert_close(b.grad, ref_b, "tf32" if DEVICE == "cuda" else "float32")
 
 
 def test_double_backward_is_refused():

@@ -105,3 +105,16 @@ def test_bad_input_changes_nothing(change, error, message):
     with pytest.raises(error, match=message):
         fusedgrad.train_step(**args)
     assert torch.equal(w1, before[0]) and torch.equal(w2, before[1])
+
+
+def test_fp32_precision_reaches_the_fused_step(monkeypatch):
+    kernels = fusedgrad.dispatch.load_kernels()
+    seen = []
+    step = kernels.two_layer_sgd_step
+    monkeypatch.setattr(kernels, "two_layer_sgd_step", lambda *args: seen.append(args[-1]) or step(*args))
+    x, y, w1, w2 = problem(kernel_device())
+    with fusedgrad.backend("triton"):
+        fusedgrad.train_step(x, y, w1, w2, 1e-4)
+        with fusedgrad.fp32_precision("tf32x3"):
+            fusedgrad.train_step(x, y, w1, w2, 1e-4)
+    assert seen == [None, "tf32x3"]

@@ -1,0 +1,243 @@
+"""Launch configurations of the GEMM kernel: a shape heuristic by default, an autotuner on request.
+
+A configuration is a dict of the kernel's tile meta-parameters (BLOCK_M, BLOCK_N, BLOCK_K,
+GROUP_M, SPLIT_K) and the launch options num_warps and num_stages.
+
+Heuristic (the default; no timing, no warm-up cost): the largest tile that still gives every
+multiprocessor a program, so a skinny product such as the tutorial's 64 x 100 output spreads
+over many multiprocessors instead of running on one; never split-K.
+
+Autotuning (opt in: FUSEDGRAD_AUTOTUNE=1, or `set_autotune(True)`): the first launch of a kernel
+variant in a shape bucket times every candidate configuration with `triton.testing.do_bench`
+on scratch outputs (inputs are only read; the caller's outputs and parameters are not touched)
+and keeps the fastest. The trade-off: a few seconds of compiling and timing per new bucket, in
+exchange for tiles and split-K chosen by measurement on this GPU rather than by rule.
+- Keys: GPU name, triton version, dtype and dot precision, the variant (epilogue and masked
+  operand), the operands' layouts (row- or column-major), and M, N, K rounded up to powers of
+  two, so a new batch size within the same bucket reuses the result instead of retuning.
+- Never inside a CUDA-graph capture: there a launch takes a tuned config if one is cached, else
+  the heuristic's (timing would record the benchmark runs into the graph).
+- Cached across processes in a JSON file: $FUSEDGRAD_CACHE_DIR/autotune.json, else
+  $XDG_CACHE_HOME/fusedgrad/autotune.json, else ~/.cache/fusedgrad/autotune.json. Triton caches
+  the compiled kernels itself, so a second process neither compiles nor times again.
+Under Triton's interpreter there is nothing to time: the heuristic's (large) interpreter tiles
+always apply.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+import tempfile
+from typing import Callable
+
+import torch
+import triton
+
+ENV_VAR = "FUSEDGRAD_AUTOTUNE"
+CACHE_ENV_VAR = "FUSEDGRAD_CACHE_DIR"
+
+# Tile shapes (BLOCK_M, BLOCK_N) of the heuristic, largest first; every block >= 16 (tl.dot's minimum).
+HEURISTIC_TILES = ((128, 128), (64, 128), (128, 64), (64, 64), (32, 64), (64, 32), (32, 32), (16, 32),
+                   (32, 16), (16, 16))
+
+# Candidates for GEMM-bound shapes, (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), per dot
+# precision: 16-bit and tf32 dots run on tensor cores (wgmma on Hopper), where large tiles and
+# deep pipelines pay; IEEE fp32 dots run on the FMA units, where register pressure caps the tile.
+LARGE_TILES = {
+    "16-bit": ((128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 8, 3), (128, 128, 64, 4, 4),
+               (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 128, 8, 3), (64, 64, 64, 4, 4)),
+    "tf32": ((128, 256, 32, 8, 3), (256, 128, 32, 8, 3), (128, 128, 32, 8, 3), (128, 128, 32, 4, 4),
+             (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4)),
+    "ieee": ((128, 128, 16, 8, 3), (128, 128, 32, 8, 2), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3),
+             (64, 64, 32, 4, 3), (64, 64, 64, 4, 2)),
+}
+SPLIT_K_CHOICES = (2, 4, 8, 16)
+INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, SPLIT_K=1, num_warps=4, num_stages=1)
+
+_autotune_override: bool | None = None
+
+
+def set_autotune(enabled: bool | None) -> None:
+    """Turn autotuning on or off for this process; None defers to FUSEDGRAD_AUTOTUNE again."""
+    global _autotune_override
+    _autotune_override = enabled
+
+
+def autotune_enabled() -> bool:
+    if _autotune_override is not None:
+        return _autotune_override
+    return os.environ.get(ENV_VAR, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+@functools.lru_cache(maxsize=None)
+def multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
+def _device_name(device_index: int) -> str:
+    return torch.cuda.get_device_name(device_index)
+
+
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def precision_class(dtype: torch.dtype, input_precision: str | None) -> str:
+    """"16-bit", "tf32" (tf32 and tf32x3 dots) or "ieee": which candidate list applies."""
+    if dtype != torch.float32:
+        return "16-bit"
+    return "ieee" if input_precision == "ieee" else "tf32"
+
+
+def bucket(size: int) -> int:
+    """The power of two at or above `size` (at least 16): the autotuner's shape bucket."""
+    return max(16, triton.next_power_of_2(size))
+
+
+def heuristic(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int) -> dict:
+    """The largest tile that still gives each of `num_sms` multiprocessors a program, else the
+    smallest; BLOCK_K 64 for small tiles and 16-bit inputs, 32 for large fp32 tiles; up to
+    three pipeline stages, no more than there are K steps."""
+    for block_m, block_n in HEURISTIC_TILES:
+        if triton.cdiv(M, block_m) * triton.cdiv(N, block_n) >= num_sms:
+            break
+    small = block_m * block_n <= 32 * 64
+    block_k = 64 if small or dtype != torch.float32 else 32
+    num_warps = 4 if block_m * block_n <= 64 * 64 else 8
+    # Pipelining needs K steps to overlap; with one step it only holds registers (a masked
+    # operand is prefetched into registers: 204 instead of 56 per thread for 16 x 32 x 64, sm_90).
+    num_stages = max(1, min(3, triton.cdiv(K, block_k)))
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=1,
+                num_warps=num_warps, num_stages=num_stages)
+
+
+def candidates(M: int, N: int, K: int, dtype: torch.dtype, input_precision: str | None,
+               num_sms: int) -> list[dict]:
+    """Every configuration the autotuner times for this shape: the heuristic's first; the large
+    tiles of the precision class that fit the bucketed shape; and, when the output has fewer
+    tiles than there are multiprocessors, the heuristic's tile split over K in 2 to 16 slices
+    of at least two K steps each (a long-K skinny product then fills the GPU)."""
+    first = heuristic(M, N, K, dtype, num_sms)
+    found = [first]
+    for block_m, block_n, block_k, num_warps, num_stages in LARGE_TILES[precision_class(dtype, input_precision)]:
+        if block_m <= bucket(M) and block_n <= bucket(N) and block_k <= bucket(K):
+            found.append(dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=1,
+                              num_warps=num_warps, num_stages=num_stages))
+    tiles = triton.cdiv(M, first["BLOCK_M"]) * triton.cdiv(N, first["BLOCK_N"])
+    k_steps = triton.cdiv(K, first["BLOCK_K"])
+    for split_k in SPLIT_K_CHOICES:
+        if tiles < num_sms and k_steps >= 2 * split_k and tiles * split_k <= 4 * num_sms:
+            found.append(dict(first, SPLIT_K=split_k))
+    unique = []
+    for config in found:
+        if config not in unique:
+            unique.append(config)
+    return unique
+
+
+def _layout(t: torch.Tensor) -> str:
+    return "row" if t.stride(1) == 1 else "col" if t.stride(0) == 1 else "strided"
+
+
+def key(a: torch.Tensor, b: torch.Tensor, variant: str, input_precision: str | None) -> str:
+    """The autotuner's cache key of `a @ b` in kernel variant `variant` (see the module text)."""
+    (M, K), N = a.shape, b.shape[1]
+    name = _device_name(_device_index(a.device)) if a.is_cuda else str(a.device)
+    return "|".join((name, f"triton {triton.__version__}", str(a.dtype).removeprefix("torch."),
+                     str(input_precision), variant, f"a {_layout(a)}", f"b {_layout(b)}",
+                     f"M {bucket(M)}", f"N {bucket(N)}", f"K {bucket(K)}"))
+
+
+def cache_path() -> pathlib.Path:
+    root = os.environ.get(CACHE_ENV_VAR)
+    if root:
+        return pathlib.Path(root) / "autotune.json"
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(xdg) / "fusedgrad" / "autotune.json"
+
+
+class Tuner:
+    """Tuned configurations by key, in memory and in a JSON file shared by processes."""
+
+    def __init__(self, path: pathlib.Path | None = None):
+        self._path = path
+        self._table: dict[str, dict] | None = None
+
+    @property
+    def path(self) -> pathlib.Path:
+        return self._path or cache_path()
+
+    def _read(self) -> dict[str, dict]:
+        try:
+            table = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # no file yet, or one cut short: tune again
+            return {}
+        return table if isinstance(table, dict) else {}
+
+    def lookup(self, key: str) -> dict | None:
+        if self._table is None:
+            self._table = self._read()
+        entry = self._table.get(key)
+        return None if entry is None else entry["config"]
+
+    def tune(self, key: str, configs: list[dict], time_ms: Callable[[dict], float]) -> dict:
+        """Time every config (a config that fails to compile or launch counts as infinitely
+        slow), remember the fastest under `key`, write the file, return the fastest."""
+        times = []
+        for config in configs:
+            try:
+                times.append(float(time_ms(config)))
+            except Exception:  # e.g. out of shared memory for this tile on this GPU
+                times.append(float("inf"))
+        best = min(range(len(configs)), key=times.__getitem__)
+        if times[best] == float("inf"):
+            raise RuntimeError(f"autotune: no candidate configuration ran for {key}")
+        entry = {"config": configs[best], "ms": times[best],
+                 "timed": [[config, t] for config, t in zip(configs, times)]}
+        if self._table is None:
+            self._table = self._read()
+        self._table[key] = entry
+        self._save(key, entry)
+        return configs[best]
+
+    def _save(self, key: str, entry: dict) -> None:
+        """Merge into the file as it is now (another process may have added keys), atomically."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            table = self._read()
+            table[key] = entry
+            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, suffix=".tmp", delete=False) as f:
+                json.dump(table, f, indent=1, sort_keys=True)
+            os.replace(f.name, self.path)
+        except OSError:  # a read-only home: keep the result in memory only
+            pass
+
+
+TUNER = Tuner()
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def choose(a: torch.Tensor, b: torch.Tensor, variant: str, input_precision: str | None, *,
+           interpreted: bool, time_ms: Callable[[dict], float] | None = None) -> dict:
+    """The configuration for `a @ b` in kernel variant `variant`: the interpreter's, the
+    heuristic's, or, with autotuning on, a tuned one (timed now with `time_ms` if the bucket is
+    new, unless a CUDA graph is being captured)."""
+    if interpreted:
+        return dict(INTERPRETER_CONFIG)
+    (M, K), N = a.shape, b.shape[1]
+    num_sms = multiprocessors(_device_index(a.device))
+    if autotune_enabled():
+        tuned_key = key(a, b, variant, input_precision)
+        config = TUNER.lookup(tuned_key)
+        if config is not None:
+            return config
+        if time_ms is not None and not _capturing(a.device):
+            return TUNER.tune(tuned_key, candidates(M, N, K, a.dtype, input_precision, num_sms), time_ms)
+    return heuristic(M, N, K, a.dtype, num_sms)

@@ -1,0 +1,137 @@
+"""Tier 2: the GEMM kernel under every launch configuration it may get: split-K (partial tiles
+summed in slice order by the tile's last program) in every epilogue, every autotuning
+candidate, and the fused step with all its GEMMs split. Interpreted on CPU, compiled on CUDA;
+oracle: float64 ATen.
+"""
+
+import pytest
+import torch
+
+import fusedgrad
+from fusedgrad.kernels import gemm, tuning
+from helpers import assert_close, kernel_device, make_operand, relu_matmul_float64
+
+DEVICE = kernel_device()
+
+
+def split(split_k: int, block: int = 16, block_k: int = 16) -> dict:
+    return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_K=block_k, GROUP_M=2, SPLIT_K=split_k,
+                num_warps=4, num_stages=2)
+
+
+def float64_product(a, b, a_mask=None, b_mask=None):
+    a, b = a.double().cpu(), b.double().cpu()
+    if a_mask is not None:
+        a = a.masked_fill(a_mask.cpu() <= 0, 0)
+    if b_mask is not None:
+        b = b.masked_fill(b_mask.cpu() <= 0, 0)
+    return a @ b
+
+
+@pytest.mark.parametrize("split_k", [2, 3, 4, 8])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("variant", ["relu", "mask_a", "mask_b", "none"])
+def test_split_k_matches_float64(variant, dtype, split_k):
+    """K = 150 over BLOCK_K 16: 10 K steps in 2 to 8 slices, the last ones short or empty."""
+    dtype = getattr(torch, dtype)
+    M, K, N = 37, 150, 41
+    a = make_operand(M, K, dtype, DEVICE, "transposed")
+    b = make_operand(K, N, dtype, DEVICE)
+    masks = {}
+    if variant == "mask_a":
+        masks["a_relu_mask"] = torch.randn(M, K, dtype=dtype, device=DEVICE)
+    if variant == "mask_b":
+        masks["b_relu_mask"] = torch.randn(K, N, dtype=dtype, device=DEVICE)
+    out = gemm.matmul(a, b, relu=variant == "relu", config=split(split_k), **masks)
+    reference = float64_product(a, b, masks.get("a_relu_mask"), masks.get("b_relu_mask"))
+    if variant == "relu":
+        reference = reference.relu()
+    assert_close(out, reference, str(dtype).removeprefix("torch."))
+
+
+def test_split_k_is_deterministic_and_leaves_counters_at_zero():
+    a = make_operand(50, 300, torch.float32, DEVICE)
+    b = make_operand(300, 20, torch.float32, DEVICE)
+    a[3, 17] = float("nan")  # NaN propagates through the partial sums
+    runs = [gemm.matmul(a, b, relu=True, config=split(4)) for _ in range(3)]
+    assert all(torch.equal(runs[0].isnan(), run.isnan()) for run in runs)
+    assert runs[0][3].isnan().all() and not runs[0][4].isnan().any()
+    finite = ~runs[0].isnan()
+    assert all(torch.equal(runs[0][finite], run[finite]) for run in runs[1:])
+    assert all(int(counters.abs().sum()) == 0 for counters in gemm._all_counters)
+
+
+def test_split_k_in_the_sgd_and_squared_error_epilogues():
+    """w -= lr * (a @ b) and (gradient, loss partials) computed from split-K accumulators."""
+    a = make_operand(45, 130, torch.float32, DEVICE, "transposed")
+    b = make_operand(130, 24, torch.float32, DEVICE)
+    weight = torch.randn(45, 24, device=DEVICE)
+    expected = weight.double().cpu() - 0.01 * float64_product(a, b)
+    gemm.launch(a, b, None, epilogue="sgd", aux=weight, lr=0.01, config=split(4))
+    assert_close(weight, expected, "float32")
+
+    target = torch.randn(45, 24, device=DEVICE)
+    config, tiles = gemm.plan(45, 24, 130, torch.float32, a.device, split(3))
+    grad, partials = torch.empty(45, 24, device=DEVICE), torch.empty(tiles, device=DEVICE)
+    gemm.launch(a, b, grad, epilogue="squared_error", aux=target, partials=partials, scale=2.0, config=config)
+    diff = float64_product(a, b) - target.double().cpu()
+    assert_close(grad, 2 * diff, "float32")
+    torch.testing.assert_close(partials.double().sum().cpu(), diff.pow(2).sum(), rtol=1e-5, atol=0)
+
+
+def test_fused_step_with_every_gemm_split_over_k(monkeypatch):
+    """The fused step with split-K in its ReLU, ReLU-mask and both SGD GEMMs (the loss GEMM
+    keeps planned tiles) equals the ATen reference step."""
+    chosen = []
+
+    def choose(a, b, variant, precision, **kwargs):
+        chosen.append(variant)
+        return split(4)
+
+    monkeypatch.setattr(tuning, "choose", choose)
+    x, y = torch.randn(24, 130, device=DEVICE), torch.randn(24, 6, device=DEVICE)
+    w1, w2 = torch.randn(130, 40, device=DEVICE) * 0.1, torch.randn(40, 6, device=DEVICE) * 0.1
+    ref_w1, ref_w2 = w1.double().cpu(), w2.double().cpu()
+    ref_loss = fusedgrad.train_step_reference(x.double().cpu(), y.double().cpu(), ref_w1, ref_w2, 1e-3)
+    with fusedgrad.backend("triton"):
+        loss = fusedgrad.train_step(x, y, w1, w2, 1e-3)
+    assert chosen == ["relu mask=0", "relu_mask mask=0", "sgd mask=0", "sgd mask=0"]
+    torch.testing.assert_close(loss.double().cpu(), ref_loss, rtol=1e-5, atol=0)
+    assert_close(w1, ref_w1, "float32")
+    assert_close(w2, ref_w2, "float32")
+
+
+CANDIDATES = [(dtype, precision, config)
+              for dtype, precision in ((torch.float16, None), (torch.float32, "tf32"), (torch.float32, "ieee"))
+              for config in tuning.candidates(4096, 4096, 4096, dtype, precision, 132)
+              + tuning.candidates(64, 100, 1000, dtype, precision, 132)[1:]]
+
+
+@pytest.mark.parametrize("dtype, precision, config", CANDIDATES,
+                         ids=[f"{str(d).removeprefix('torch.')}-{p}-{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']}"
+                              f"-split{c['SPLIT_K']}" for d, p, c in CANDIDATES])
+def test_every_autotuning_candidate_is_correct(dtype, precision, config):
+    """Each configuration the autotuner may pick, forward (ReLU) and both masked backward
+    variants, on a shape that is a multiple of no block size. (Precision follows torch here;
+    the interpreter's fp32 dots are exact.)"""
+    tolerance = "float16" if dtype == torch.float16 else ("tf32" if DEVICE == "cuda" and precision == "tf32" else "float32")
+    M, K, N = 40, 150, 36
+    a, b = make_operand(M, K, dtype, DEVICE), make_operand(K, N, dtype, DEVICE, "transposed")
+    gate = torch.randn(M, N, dtype=dtype, device=DEVICE)
+    grad_out = torch.randn(M, N, dtype=dtype, device=DEVICE)
+    fp32 = dict(fp32_precision=precision) if dtype == torch.float32 else {}
+    out = gemm.matmul(a, b, relu=True, config=config, **fp32)
+    grad_a = gemm.matmul(grad_out, b.T, a_relu_mask=gate, config=config, **fp32)
+    grad_b = gemm.matmul(a.T, grad_out, b_relu_mask=gate, config=config, **fp32)
+    _, ref_a, ref_b = relu_matmul_float64(a, b, grad_out, mask_from=gate)
+    assert_close(out, float64_product(a, b).relu(), tolerance)
+    assert_close(grad_a, ref_a, tolerance)
+    assert_close(grad_b, ref_b, tolerance)
+
+
+def test_fp32_precision_is_checked():
+    a, b = torch.randn(4, 4, device=DEVICE), torch.randn(4, 4, device=DEVICE)
+    with pytest.raises(ValueError, match="tf32x4"):
+        gemm.matmul(a, b, fp32_precision="tf32x4")
+    assert gemm.input_precision(torch.float32, "tf32x3") == "tf32x3"
+    assert gemm.input_precision(torch.bfloat16, "tf32x3") is None  # 16-bit dots ignore it

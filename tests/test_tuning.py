@@ -1,0 +1,131 @@
+"""The launch-configuration chooser (fusedgrad.kernels.tuning): heuristic, candidate lists,
+shape buckets, the autotuner's cache file, and its refusal to time inside a CUDA-graph capture.
+Timing is replaced by a fake clock, so these run anywhere; tier 3 tunes for real on a GPU."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fusedgrad.kernels import tuning
+
+SMS = 132
+
+
+@pytest.fixture
+def compiled_gpu(monkeypatch, tmp_path):
+    """Pretend to be a compiled-mode launch on a 132-multiprocessor GPU, with autotuning on and
+    a fresh cache file."""
+    monkeypatch.setattr(tuning, "multiprocessors", lambda index: SMS)
+    monkeypatch.setattr(tuning, "_device_index", lambda device: 0)
+    monkeypatch.setenv(tuning.CACHE_ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(tuning, "TUNER", tuning.Tuner())
+    tuning.set_autotune(True)
+    yield tmp_path / "autotune.json"
+    tuning.set_autotune(None)
+
+
+def fake_clock(fastest: dict, calls: list):
+    def time_ms(config):
+        calls.append(config)
+        return 1.0 if config == fastest else 2.0 + len(calls)
+    return time_ms
+
+
+def operands(M, K, N, dtype=torch.float32):
+    return torch.empty(M, K, dtype=dtype), torch.empty(K, N, dtype=dtype)
+
+
+def test_heuristic_fills_the_multiprocessors():
+    tutorial = tuning.heuristic(64, 100, 1000, torch.float32, SMS)  # 64 x 100 output
+    assert (tutorial["BLOCK_M"], tutorial["BLOCK_N"], tutorial["SPLIT_K"]) == (16, 16, 1)
+    large = tuning.heuristic(4096, 4096, 4096, torch.bfloat16, SMS)
+    assert (large["BLOCK_M"], large["BLOCK_N"], large["BLOCK_K"], large["num_warps"]) == (128, 128, 64, 8)
+    assert tuning.heuristic(1000, 100, 64, torch.float32, SMS)["num_stages"] == 1  # one K step: no pipeline
+
+
+def test_candidates():
+    large = tuning.candidates(4096, 4096, 4096, torch.bfloat16, None, SMS)
+    assert large[0] == tuning.heuristic(4096, 4096, 4096, torch.bfloat16, SMS)
+    assert len(large) == len({json.dumps(c, sort_keys=True) for c in large}) >= 6  # distinct
+    assert all(c["SPLIT_K"] == 1 for c in large)  # enough tiles: never split K
+    assert all(min(c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]) >= 16 for c in large)
+    ieee = tuning.candidates(4096, 4096, 4096, torch.float32, "ieee", SMS)
+    assert max(c["BLOCK_M"] * c["BLOCK_N"] for c in ieee) == 128 * 128  # FMA dots: no 128 x 256
+    skinny = tuning.candidates(64, 100, 1000, torch.float32, "ieee", SMS)
+    assert sorted(c["SPLIT_K"] for c in skinny if c["SPLIT_K"] > 1) == [2, 4, 8]  # 16 K steps of 64
+    assert all(c["BLOCK_M"] <= 64 for c in skinny)  # no tile beyond the bucketed shape
+
+
+def test_buckets_share_a_key_and_layouts_do_not():
+    a, b = operands(1000, 300, 100)
+    assert tuning.key(a, b, "relu mask=0", "ieee") == tuning.key(*operands(600, 500, 70), "relu mask=0", "ieee")
+    assert tuning.key(a, b, "relu mask=0", "ieee") != tuning.key(*operands(1100, 300, 100), "relu mask=0", "ieee")
+    assert tuning.key(a, b, "relu mask=0", "ieee") != tuning.key(a.T.contiguous().T, b, "relu mask=0", "ieee")
+    assert tuning.key(a, b, "relu mask=0", "ieee") != tuning.key(a, b, "none mask=2", "ieee")
+    assert tuning.key(a, b, "relu mask=0", "ieee") != tuning.key(a, b, "relu mask=0", "tf32")
+    assert [tuning.bucket(n) for n in (1, 16, 17, 100, 1024, 1025)] == [16, 16, 32, 128, 1024, 2048]
+
+
+def test_autotune_times_once_per_bucket_and_writes_the_cache(compiled_gpu):
+    a, b = operands(64, 1000, 100)
+    fastest = tuning.candidates(64, 100, 1000, torch.float32, "ieee", SMS)[2]
+    calls = []
+    chosen = tuning.choose(a, b, "relu mask=0", "ieee", interpreted=False, time_ms=fake_clock(fastest, calls))
+    assert chosen == fastest and len(calls) == len(tuning.candidates(64, 100, 1000, torch.float32, "ieee", SMS))
+    again = tuning.choose(*operands(60, 900, 90), "relu mask=0", "ieee", interpreted=False,
+                          time_ms=fake_clock(fastest, calls))
+    assert again == fastest and len(calls) == len(tuning.candidates(64, 100, 1000, torch.float32, "ieee", SMS))
+    entry = json.loads(compiled_gpu.read_text())[tuning.key(a, b, "relu mask=0", "ieee")]
+    assert entry["config"] == fastest and entry["ms"] == 1.0 and len(entry["timed"]) == len(calls)
+
+
+def test_tuned_configs_survive_the_process(compiled_gpu):
+    """A new process (a fresh Tuner) reads the file instead of timing again."""
+    a, b = operands(64, 1000, 100)
+    fastest = tuning.candidates(64, 100, 1000, torch.float32, "ieee", SMS)[1]
+    tuning.choose(a, b, "relu mask=0", "ieee", interpreted=False, time_ms=fake_clock(fastest, []))
+    code = ("import json, sys, torch; from fusedgrad.kernels import tuning; "
+            "key = tuning.key(torch.empty(64, 1000), torch.empty(1000, 100), 'relu mask=0', 'ieee'); "
+            "print(json.dumps(tuning.Tuner().lookup(key)))")
+    env = {"FUSEDGRAD_CACHE_DIR": str(compiled_gpu.parent), "TRITON_INTERPRET": "1", "PATH": ""}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert json.loads(result.stdout) == fastest, result.stderr
+
+
+def test_no_timing_inside_a_cuda_graph_capture(compiled_gpu, monkeypatch):
+    monkeypatch.setattr(tuning, "_capturing", lambda device: True)
+    a, b = operands(64, 1000, 100)
+    calls = []
+    chosen = tuning.choose(a, b, "relu mask=0", "ieee", interpreted=False, time_ms=fake_clock({}, calls))
+    assert calls == [] and chosen == tuning.heuristic(64, 100, 1000, torch.float32, SMS)
+    assert not compiled_gpu.exists()
+
+
+def test_failing_candidates_are_skipped_and_all_failing_is_an_error(compiled_gpu):
+    configs = tuning.candidates(4096, 4096, 4096, torch.bfloat16, None, SMS)
+
+    def time_ms(config):
+        if config["BLOCK_N"] == 256:
+            raise RuntimeError("out of resources: shared memory")
+        return config["BLOCK_M"] / config["num_stages"]
+
+    best = tuning.TUNER.tune("k", configs, time_ms)
+    assert best["BLOCK_N"] != 256 and best == min(
+        (c for c in configs if c["BLOCK_N"] != 256), key=lambda c: c["BLOCK_M"] / c["num_stages"])
+    with pytest.raises(RuntimeError, match="no candidate"):
+        tuning.TUNER.tune("k2", configs, lambda config: 1 / 0)
+
+
+def test_off_by_default_and_a_corrupt_cache_is_ignored(compiled_gpu, monkeypatch):
+    tuning.set_autotune(None)
+    monkeypatch.delenv(tuning.ENV_VAR, raising=False)
+    assert not tuning.autotune_enabled()
+    monkeypatch.setenv(tuning.ENV_VAR, "1")
+    assert tuning.autotune_enabled()
+    compiled_gpu.write_text("{not json")
+    assert tuning.Tuner().lookup("anything") is None
+    a, b = operands(64, 1000, 100)
+    assert tuning.choose(a, b, "relu mask=0", "ieee", interpreted=True) == tuning.INTERPRETER_CONFIG
