@@ -1,4 +1,4 @@
-"""`bench/run.py` keeps working: a tiny --quick run on this machine's device."""
+"""`bench/run.py` and `bench/kernels.py` keep working: tiny runs on this machine's device."""
 
 import json
 import pathlib
@@ -55,3 +55,28 @@ def test_compile_variant_runs_in_a_child_process_and_its_failure_becomes_a_row(t
         assert "the process crashed (exit status 1)" in str(error)
     else:
         raise AssertionError("a failing child must raise")
+
+
+def test_kernel_benchmark_at_tiny_size(tmp_path):
+    """`bench/kernels.py` runs every pass and implementation and checks each against float64
+    (on CPU under the interpreter; on CUDA compiled, with split-K rows for a long-K shape)."""
+    out = tmp_path / "kernels.json"
+    size = "64x48x1024" if torch.cuda.is_available() else "48x40x96"
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "kernels.py"), "--sizes", size,
+                             "--precisions", "fp16", "fp32", "--peak-size", "1024", "--json", str(out)],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(out.read_text())
+    rows = record["rows"]
+    for precision in ("fp16", "fp32"):
+        found = {(r["pass"], r["implementation"]) for r in rows if r["precision"] == precision}
+        assert {("forward", "fusedgrad"), ("forward", "torch.mm+relu"), ("backward", "fusedgrad"),
+                ("backward", "torch.mm+relu"), ("fwd+bwd", "fusedgrad"), ("fwd+bwd", "torch.mm+relu")} <= found
+    assert all(r["ok"] and r["us"] > 0 and r["speedup_vs_torch"] > 0 for r in rows)
+    errors = next(iter(record["fp32_errors"].values()))
+    assert set(errors) == {"fusedgrad-ieee", "fusedgrad-tf32", "fusedgrad-tf32x3", "cublas-ieee", "cublas-tf32"}
+    assert "| fp32 | " in result.stdout
+    if torch.cuda.is_available():
+        assert any(r["implementation"].startswith("fusedgrad-splitK") for r in rows)
+    else:
+        assert "GPU numbers need CUDA" in result.stderr
