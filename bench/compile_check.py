@@ -7,7 +7,8 @@ Triton's interpreter runs kernels on the CPU but skips the compiler, so it canno
 only the GPU toolchain rejects (tl.dot shape rules, type errors in constexpr branches, pointer
 casts). Triton ships ptxas, so every kernel variant fusedgrad launches is compiled here to a
 sm_90 cubin. The check also reads the PTX: 16-bit (and 3xTF32) GEMM tiles must use Hopper's
-wgmma, split-K must synchronise through an acq_rel atomic. Resources (registers, local memory
+wgmma, split-K must synchronise through an acq_rel atomic, TMA variants must use bulk tensor
+copies. Resources (registers, local memory
 for spills, shared memory) come from Triton's bundled cuobjdump.
 Run with TRITON_INTERPRET unset.
 """
@@ -97,10 +98,26 @@ def main(argv: list[str] | None = None) -> int:
             return "fp32" if name in ("scale", "reduce_scale", "lr") else "i32"
         return types
 
-    def gemm_constexprs(epilogue, mask_operand, precision, block_m, block_n, block_k, split_k=1):
+    def gemm_constexprs(epilogue, mask_operand, precision, block_m, block_n, block_k, split_k=1,
+                        tma=False, a_t=False, b_t=False):
         return dict(MASK_OPERAND=mask_operand, EPILOGUE=epilogue, LR_FROM_PTR=epilogue == "sgd",
                     REDUCE_PARTIALS=epilogue == "relu_mask", INPUT_PRECISION=precision,
-                    BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=split_k)
+                    BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=split_k,
+                    TMA=tma, A_STORED_T=a_t, B_STORED_T=b_t, GATE_STORED_T=False)
+
+    def tma_types(dtype, constexprs):
+        """Pointer types, but a, b and the gate as tensor descriptors of their storage blocks."""
+        bm, bn, bk = constexprs["BLOCK_M"], constexprs["BLOCK_N"], constexprs["BLOCK_K"]
+        blocks = {"a_ptr": [bk, bm] if constexprs["A_STORED_T"] else [bm, bk],
+                  "b_ptr": [bn, bk] if constexprs["B_STORED_T"] else [bk, bn],
+                  "gate_ptr": [bm, bk] if constexprs["MASK_OPERAND"] == gemm.MASK_A else [bk, bn]}
+        pointers = gemm_types(dtype)
+
+        def types(name):
+            if name in blocks and (name != "gate_ptr" or constexprs["MASK_OPERAND"]):
+                return f"tensordesc<{dtype}{blocks[name]}>"
+            return pointers(name)
+        return types
 
     for dtype, precision in (("fp32", "ieee"), ("fp32", "tf32"), ("bf16", None), ("fp16", None)):
         types = gemm_types(dtype)
@@ -124,6 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         check(f"squared error {dtype}", mse_loss._squared_error_kernel, dict(BLOCK=mse_loss.BLOCK),
               lambda n, d=dtype: f"*{d}" if n.endswith("_ptr") and n != "out_ptr" else
               ("*fp32" if n == "out_ptr" else "fp32" if n.startswith("scale") else "i32"))
+    # TMA loads (tensor descriptors): forward, and grad_w1's shape (a column-major A, gated B).
+    for dtype, precision, block_k in (("bf16", None, 64), ("fp32", "tf32", 32)):
+        for epilogue, mask_operand, a_t in (("relu", gemm.NO_MASK, False), ("none", gemm.MASK_B, True)):
+            constexprs = gemm_constexprs(epilogue, mask_operand, precision, 128, 128, block_k, tma=True, a_t=a_t)
+            check(f"gemm {dtype}/{precision} {epilogue} mask={mask_operand} 128x128 TMA a_t={a_t}",
+                  gemm._matmul_kernel, constexprs, tma_types(dtype, constexprs), "cp.async.bulk.tensor",
+                  options=dict(num_warps=8, num_stages=3))
     # 3xTF32: three tf32 products per fp32 dot, on tensor cores.
     check("gemm fp32/tf32x3 relu 128x128", gemm._matmul_kernel,
           gemm_constexprs("relu", gemm.NO_MASK, "tf32x3", 128, 128, 32), gemm_types("fp32"), "wgmma")
@@ -133,17 +157,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.candidates:
         for dtype, torch_dtype, precision in (("bf16", torch.bfloat16, None), ("fp32", torch.float32, "tf32"),
                                               ("fp32", torch.float32, "ieee")):
-            for config in tuning.candidates(4096, 4096, 4096, torch_dtype, precision, 132)[1:]:
+            for config in tuning.candidates(4096, 4096, 4096, torch_dtype, precision, 132, tma=True)[1:]:
                 tile = {k: config[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")}
                 options = dict(num_warps=config["num_warps"], num_stages=config["num_stages"])
+                tma = config.get("TMA", False)
                 for epilogue, mask_operand in (("relu", gemm.NO_MASK), ("none", gemm.MASK_B)):
-                    constexprs = gemm_constexprs(epilogue, mask_operand, precision, *tile.values())
+                    constexprs = gemm_constexprs(epilogue, mask_operand, precision, *tile.values(), tma=tma)
                     constexprs.update(stride_ak=1, stride_bn=1, stride_cn=1,
                                       **({"stride_gate_1": 1} if mask_operand else {}))
+                    types = tma_types(dtype, constexprs) if tma else gemm_types(dtype)
                     check(f"candidate {dtype}/{precision} {epilogue} mask={mask_operand} "
                           f"{tile['BLOCK_M']}x{tile['BLOCK_N']}x{tile['BLOCK_K']} w{options['num_warps']} "
-                          f"s{options['num_stages']}", gemm._matmul_kernel,
-                          constexprs, gemm_types(dtype), options=options, report=True, aligned_sizes=True)
+                          f"s{options['num_stages']}{' TMA' if tma else ''}", gemm._matmul_kernel,
+                          constexprs, types, options=options, report=True, aligned_sizes=True)
 
     for failure in failures:
         print("FAIL", failure)

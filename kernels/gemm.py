@@ -42,6 +42,18 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
+def _tma_block(desc, row, col, STORED_T: tl.constexpr):
+    """Block [row:, col:] of an operand through its tensor descriptor. A column-major operand
+    is described by its row-major transpose (TMA wants the last dimension contiguous), so its
+    block is loaded as [col:, row:] and transposed in registers."""
+    if STORED_T:
+        block = desc.load([col, row]).T
+    else:
+        block = desc.load([row, col])
+    return block
+
+
+@triton.jit
 def _matmul_kernel(
     # pointers
     a_ptr, b_ptr, c_ptr,
@@ -74,6 +86,9 @@ def _matmul_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     SPLIT_K: tl.constexpr,         # programs per output tile, each over a slice of K
+    TMA: tl.constexpr,             # a, b (and gate) are tensor descriptors, not pointers
+    A_STORED_T: tl.constexpr, B_STORED_T: tl.constexpr, GATE_STORED_T: tl.constexpr,  # TMA: which
+    # descriptors describe the transposed operand (its storage is column-major)
 ):
     # Grouped ordering: GROUP_M consecutive row-blocks share each column-block of B in L2.
     pid = tl.program_id(0)
@@ -101,18 +116,31 @@ def _matmul_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_begin, k_end, BLOCK_K):
-        k = k0 + offs_k
-        k_row = k.to(tl.int64)[None, :]
-        k_col = k.to(tl.int64)[:, None]
-        mask_a = (offs_m[:, None] < M) & (k[None, :] < K)
-        mask_b = (k[:, None] < K) & (offs_n[None, :] < N)
-        a = tl.load(a_ptr + rows_m * stride_am + k_row * stride_ak, mask=mask_a, other=0.0)
-        b = tl.load(b_ptr + k_col * stride_bk + cols_n * stride_bn, mask=mask_b, other=0.0)
+        if TMA:
+            # Hopper's tensor memory accelerator copies whole blocks, bounds-checked and
+            # zero-filled in hardware: no per-element addresses in registers.
+            a = _tma_block(a_ptr, pid_m * BLOCK_M, k0, A_STORED_T)
+            b = _tma_block(b_ptr, k0, pid_n * BLOCK_N, B_STORED_T)
+            if MASK_OPERAND == 1:
+                gate = _tma_block(gate_ptr, pid_m * BLOCK_M, k0, GATE_STORED_T)
+            if MASK_OPERAND == 2:
+                gate = _tma_block(gate_ptr, k0, pid_n * BLOCK_N, GATE_STORED_T)
+        else:
+            k = k0 + offs_k
+            k_row = k.to(tl.int64)[None, :]
+            k_col = k.to(tl.int64)[:, None]
+            mask_a = (offs_m[:, None] < M) & (k[None, :] < K)
+            mask_b = (k[:, None] < K) & (offs_n[None, :] < N)
+            a = tl.load(a_ptr + rows_m * stride_am + k_row * stride_ak, mask=mask_a, other=0.0)
+            b = tl.load(b_ptr + k_col * stride_bk + cols_n * stride_bn, mask=mask_b, other=0.0)
+            if MASK_OPERAND == 1:
+                gate = tl.load(gate_ptr + rows_m * stride_gate_0 + k_row * stride_gate_1, mask=mask_a, other=0.0)
+            if MASK_OPERAND == 2:
+                gate = tl.load(gate_ptr + k_col * stride_gate_0 + cols_n * stride_gate_1, mask=mask_b, other=0.0)
+        # NaN gate: `<=` is false, so the gradient passes, as in torch's threshold_backward.
         if MASK_OPERAND == 1:
-            gate = tl.load(gate_ptr + rows_m * stride_gate_0 + k_row * stride_gate_1, mask=mask_a, other=0.0)
-            a = tl.where(gate <= 0, 0.0, a)  # NaN gate: `<=` is false, gradient passes, as in torch
+            a = tl.where(gate <= 0, 0.0, a)
         if MASK_OPERAND == 2:
-            gate = tl.load(gate_ptr + k_col * stride_gate_0 + cols_n * stride_gate_1, mask=mask_b, other=0.0)
             b = tl.where(gate <= 0, 0.0, b)
         acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
@@ -199,6 +227,31 @@ def plan(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device, confi
     return config, triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"])
 
 
+def tma_layout(t: torch.Tensor) -> tuple[bool, torch.Tensor] | None:
+    """(stored transposed, row-major storage view) when a TMA descriptor can describe `t`, else
+    None: TMA needs a 16-byte aligned base, one unit stride (a column-major operand is described
+    by its transpose), the other stride a multiple of 16 bytes, and no empty dimension."""
+    if t.numel() == 0 or t.data_ptr() % 16:
+        return None
+    if t.stride(1) == 1:
+        stored_t, storage = False, t
+    elif t.stride(0) == 1:
+        stored_t, storage = True, t.T
+    else:
+        return None
+    if storage.stride(0) * t.element_size() % 16:
+        return None
+    return stored_t, storage
+
+
+def _descriptor(t: torch.Tensor, block_rows: int, block_cols: int):
+    """(host-side tensor descriptor of t's storage, stored transposed) for (block_rows, block_cols) blocks."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    stored_t, storage = tma_layout(t)
+    block = [block_cols, block_rows] if stored_t else [block_rows, block_cols]
+    return TensorDescriptor(storage, list(storage.shape), [storage.stride(0), 1], block), stored_t
+
+
 # Split-K tile counters, per (device, stream): each launch leaves them at 0. Buffers are never
 # freed, since a captured CUDA graph may still use an older one.
 _counters: dict[tuple, torch.Tensor] = {}
@@ -246,9 +299,21 @@ def launch(
     precision = input_precision(a.dtype, fp32_precision)
 
     def run(config, c, aux, partials, reduce_out):
-        config = {"GROUP_M": 8, "SPLIT_K": 1, **config}
+        config = {"GROUP_M": 8, "SPLIT_K": 1, "TMA": False, **config}
         split_k = config["SPLIT_K"]
-        tiles = triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"])
+        block_m, block_n, block_k = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
+        tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
+        # TMA is a request: operands a descriptor cannot describe take the pointer path.
+        operands = (a, b) if gate is None else (a, b, gate)
+        config["TMA"] = tma = config["TMA"] and K > 0 and all(tma_layout(t) is not None for t in operands)
+        a_arg, b_arg, gate_arg = a, b, gate
+        stored_t = dict(A_STORED_T=False, B_STORED_T=False, GATE_STORED_T=False)
+        if tma:
+            a_arg, stored_t["A_STORED_T"] = _descriptor(a, block_m, block_k)
+            b_arg, stored_t["B_STORED_T"] = _descriptor(b, block_k, block_n)
+            if gate is not None:
+                gate_block = (block_m, block_k) if mask_operand == MASK_A else (block_k, block_n)
+                gate_arg, stored_t["GATE_STORED_T"] = _descriptor(gate, *gate_block)
         workspace = counters = a
         if split_k > 1:
             workspace = torch.empty(split_k * tiles * config["BLOCK_M"] * config["BLOCK_N"],
@@ -260,7 +325,7 @@ def launch(
         aux = dummy if aux is None else aux
         c = aux if c is None else c
         _matmul_kernel[(tiles, split_k)](
-            a, b, c, gate_, aux,
+            a_arg, b_arg, c, dummy if gate_arg is None else gate_arg, aux,
             dummy if partials is None else partials,
             dummy if reduce is None else reduce,
             dummy if reduce_out is None else reduce_out,
@@ -278,6 +343,7 @@ def launch(
             LR_FROM_PTR=lr_from_ptr,
             REDUCE_PARTIALS=reduce is not None,
             INPUT_PRECISION=precision,
+            **stored_t,
             **config,
         )
 

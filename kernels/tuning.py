@@ -5,7 +5,8 @@ GROUP_M, SPLIT_K) and the launch options num_warps and num_stages.
 
 Heuristic (the default; no timing, no warm-up cost): the largest tile that still gives every
 multiprocessor a program, so a skinny product such as the tutorial's 64 x 100 output spreads
-over many multiprocessors instead of running on one; never split-K.
+over many multiprocessors instead of running on one; pointer loads, never split-K. Split-K and
+TMA loads are offered to the autotuner, which keeps them only where they measure faster.
 
 Autotuning (opt in: FUSEDGRAD_AUTOTUNE=1, or `set_autotune(True)`): the first launch of a kernel
 variant in a shape bucket times every candidate configuration with `triton.testing.do_bench`
@@ -55,6 +56,7 @@ LARGE_TILES = {
              (64, 64, 32, 4, 3), (64, 64, 64, 4, 2)),
 }
 SPLIT_K_CHOICES = (2, 4, 8, 16)
+TMA_TWINS = 3  # large tiles also timed with TMA loads where the GPU has TMA
 INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, SPLIT_K=1, num_warps=4, num_stages=1)
 
 _autotune_override: bool | None = None
@@ -75,6 +77,12 @@ def autotune_enabled() -> bool:
 @functools.lru_cache(maxsize=None)
 def multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+@functools.lru_cache(maxsize=None)
+def has_tma(device_index: int) -> bool:
+    """Hopper (sm_90) and later copy tiles with the tensor memory accelerator."""
+    return torch.cuda.get_device_capability(device_index) >= (9, 0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -116,17 +124,22 @@ def heuristic(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int) -> dict:
 
 
 def candidates(M: int, N: int, K: int, dtype: torch.dtype, input_precision: str | None,
-               num_sms: int) -> list[dict]:
+               num_sms: int, tma: bool = False) -> list[dict]:
     """Every configuration the autotuner times for this shape: the heuristic's first; the large
-    tiles of the precision class that fit the bucketed shape; and, when the output has fewer
+    tiles of the precision class that fit the bucketed shape, and with `tma` (Hopper and
+    later) the first TMA_TWINS of them again with TMA loads; and, when the output has fewer
     tiles than there are multiprocessors, the heuristic's tile split over K in 2 to 16 slices
     of at least two K steps each (a long-K skinny product then fills the GPU)."""
     first = heuristic(M, N, K, dtype, num_sms)
     found = [first]
+    large = []
     for block_m, block_n, block_k, num_warps, num_stages in LARGE_TILES[precision_class(dtype, input_precision)]:
         if block_m <= bucket(M) and block_n <= bucket(N) and block_k <= bucket(K):
-            found.append(dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=1,
+            large.append(dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=1,
                               num_warps=num_warps, num_stages=num_stages))
+    found += large
+    if tma:
+        found += [dict(config, TMA=True) for config in large[:TMA_TWINS]]
     tiles = triton.cdiv(M, first["BLOCK_M"]) * triton.cdiv(N, first["BLOCK_N"])
     k_steps = triton.cdiv(K, first["BLOCK_K"])
     for split_k in SPLIT_K_CHOICES:
@@ -239,5 +252,6 @@ def choose(a: torch.Tensor, b: torch.Tensor, variant: str, input_precision: str 
         if config is not None:
             return config
         if time_ms is not None and not _capturing(a.device):
-            return TUNER.tune(tuned_key, candidates(M, N, K, a.dtype, input_precision, num_sms), time_ms)
+            configs = candidates(M, N, K, a.dtype, input_precision, num_sms, has_tma(_device_index(a.device)))
+            return TUNER.tune(tuned_key, configs, time_ms)
     return heuristic(M, N, K, a.dtype, num_sms)

@@ -103,19 +103,20 @@ def test_fused_step_with_every_gemm_split_over_k(monkeypatch):
 
 CANDIDATES = [(dtype, precision, config)
               for dtype, precision in ((torch.float16, None), (torch.float32, "tf32"), (torch.float32, "ieee"))
-              for config in tuning.candidates(4096, 4096, 4096, dtype, precision, 132)
+              for config in tuning.candidates(4096, 4096, 4096, dtype, precision, 132, tma=True)
               + tuning.candidates(64, 100, 1000, dtype, precision, 132)[1:]]
 
 
 @pytest.mark.parametrize("dtype, precision, config", CANDIDATES,
                          ids=[f"{str(d).removeprefix('torch.')}-{p}-{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']}"
-                              f"-split{c['SPLIT_K']}" for d, p, c in CANDIDATES])
+                              f"-split{c['SPLIT_K']}{'-tma' if c.get('TMA') else ''}" for d, p, c in CANDIDATES])
 def test_every_autotuning_candidate_is_correct(dtype, precision, config):
     """Each configuration the autotuner may pick, forward (ReLU) and both masked backward
-    variants, on a shape that is a multiple of no block size. (Precision follows torch here;
-    the interpreter's fp32 dots are exact.)"""
+    variants, on a shape that is a multiple of no block size but keeps rows 16-byte aligned, so
+    TMA candidates take the TMA path. (Precision follows torch here; the interpreter's fp32
+    dots are exact.)"""
     tolerance = "float16" if dtype == torch.float16 else ("tf32" if DEVICE == "cuda" and precision == "tf32" else "float32")
-    M, K, N = 40, 150, 36
+    M, K, N = 40, 152, 40
     a, b = make_operand(M, K, dtype, DEVICE), make_operand(K, N, dtype, DEVICE, "transposed")
     gate = torch.randn(M, N, dtype=dtype, device=DEVICE)
     grad_out = torch.randn(M, N, dtype=dtype, device=DEVICE)
@@ -135,3 +136,24 @@ def test_fp32_precision_is_checked():
         gemm.matmul(a, b, fp32_precision="tf32x4")
     assert gemm.input_precision(torch.float32, "tf32x3") == "tf32x3"
     assert gemm.input_precision(torch.bfloat16, "tf32x3") is None  # 16-bit dots ignore it
+
+
+@pytest.mark.parametrize("layout_b", ["contiguous", "transposed"])
+@pytest.mark.parametrize("layout_a", ["contiguous", "transposed"])
+def test_tma_loads_every_layout_and_fall_back_when_unaligned(layout_a, layout_b, monkeypatch):
+    """TMA describes a column-major operand by its transpose; an operand it cannot describe
+    (rows not a multiple of 16 bytes, like the tutorial's D_out = 10 in fp32) takes the
+    pointer path. Both give the float64 answer."""
+    described = []
+    descriptor = gemm._descriptor
+    monkeypatch.setattr(gemm, "_descriptor", lambda t, *block: described.append(t.shape) or descriptor(t, *block))
+    config = dict(split(1, block=32, block_k=32), TMA=True)
+    a = make_operand(72, 136, torch.float32, DEVICE, layout_a)
+    b = make_operand(136, 40, torch.float32, DEVICE, layout_b)
+    gate = torch.randn(72, 136, device=DEVICE)
+    assert_close(gemm.matmul(a, b, a_relu_mask=gate, config=config), float64_product(a, b, gate), "float32")
+    assert described == [(72, 136), (136, 40), (72, 136)]
+    unaligned = make_operand(136, 10, torch.float32, DEVICE)
+    assert gemm.tma_layout(unaligned) is None
+    assert_close(gemm.matmul(a, unaligned, relu=True, config=config), float64_product(a, unaligned).relu(), "float32")
+    assert len(described) == 3

@@ -20,6 +20,7 @@ def compiled_gpu(monkeypatch, tmp_path):
     a fresh cache file."""
     monkeypatch.setattr(tuning, "multiprocessors", lambda index: SMS)
     monkeypatch.setattr(tuning, "_device_index", lambda device: 0)
+    monkeypatch.setattr(tuning, "has_tma", lambda index: True)
     monkeypatch.setenv(tuning.CACHE_ENV_VAR, str(tmp_path))
     monkeypatch.setattr(tuning, "TUNER", tuning.Tuner())
     tuning.set_autotune(True)
@@ -57,6 +58,10 @@ def test_candidates():
     skinny = tuning.candidates(64, 100, 1000, torch.float32, "ieee", SMS)
     assert sorted(c["SPLIT_K"] for c in skinny if c["SPLIT_K"] > 1) == [2, 4, 8]  # 16 K steps of 64
     assert all(c["BLOCK_M"] <= 64 for c in skinny)  # no tile beyond the bucketed shape
+    with_tma = tuning.candidates(4096, 4096, 4096, torch.bfloat16, None, SMS, tma=True)
+    twins = [c for c in with_tma if c.get("TMA")]
+    assert len(twins) == tuning.TMA_TWINS and all(dict(c, TMA=False) != c for c in twins)
+    assert [dict(c) for c in with_tma if not c.get("TMA")] == large
 
 
 def test_buckets_share_a_key_and_layouts_do_not():
@@ -71,13 +76,14 @@ def test_buckets_share_a_key_and_layouts_do_not():
 
 def test_autotune_times_once_per_bucket_and_writes_the_cache(compiled_gpu):
     a, b = operands(64, 1000, 100)
-    fastest = tuning.candidates(64, 100, 1000, torch.float32, "ieee", SMS)[2]
+    configs = tuning.candidates(64, 100, 1000, torch.float32, "ieee", SMS, tma=True)
+    fastest = configs[2]
     calls = []
     chosen = tuning.choose(a, b, "relu mask=0", "ieee", interpreted=False, time_ms=fake_clock(fastest, calls))
-    assert chosen == fastest and len(calls) == len(tuning.candidates(64, 100, 1000, torch.float32, "ieee", SMS))
+    assert chosen == fastest and calls == configs
     again = tuning.choose(*operands(60, 900, 90), "relu mask=0", "ieee", interpreted=False,
                           time_ms=fake_clock(fastest, calls))
-    assert again == fastest and len(calls) == len(tuning.candidates(64, 100, 1000, torch.float32, "ieee", SMS))
+    assert again == fastest and calls == configs  # same bucket: nothing timed again
     entry = json.loads(compiled_gpu.read_text())[tuning.key(a, b, "relu mask=0", "ieee")]
     assert entry["config"] == fastest and entry["ms"] == 1.0 and len(entry["timed"]) == len(calls)
 
