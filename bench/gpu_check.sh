@@ -1,21 +1,47 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine: install this checkout, run every test tier (tier 2 compiled,
-# tier 3 included), the trainer in its main modes, the per-step launch count, and
-# `bench/run.py --quick`. Logs and JSON go to the folder given ($1), at most 8 files.
-# Usage: GIT_COMMIT=$(git rev-parse HEAD) bash bench/gpu_check.sh OUT_DIR
+# One call on a lent GPU machine: install this checkout, then run the stages named in $STAGES
+# (default: all, in this order), writing logs and JSON to the folder given ($1), at most 8 files:
+#   tests    every test tier, compiled (tier 3 included)                  pytest.log      ~4 min
+#   train    the trainer: fused step + graph, autograd ops, reference     train.json      ~30 s
+#   launch   kernels and host launch calls per step, by mode             launch_count.json
+#   kernels  bench/kernels.py --quick, autotuned in bf16 and tf32         kernels.json    ~4 min
+#   bench    bench/run.py --quick                                         bench_quick.json/.png ~3 min
+# All stages together exceed one 10-minute call: split them, e.g. STAGES="tests train launch"
+# then STAGES="kernels bench" on the same warm machine.
+# Usage: GIT_COMMIT=$(git rev-parse HEAD) STAGES="tests kernels" bash bench/gpu_check.sh OUT_DIR
 set -uo pipefail
 out=${1:?usage: gpu_check.sh OUT_DIR}
+stages=" ${STAGES:-tests train launch kernels bench} "
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-exec > >(tee "$out/gpu_check.log") 2>&1
+exec > >(tee -a "$out/gpu_check.log") 2>&1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
 python3 -c "import sys, torch, triton; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3
-parallel=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
-timeout 150 python3 -m pytest -q -rs $parallel 2>&1 | tee "$out/pytest.log" | tail -15
-for variant in "step_graph:" "autograd:--mode autograd" "reference:--reference"; do
-  name=${variant%%:*}
-  python3 -m fusedgrad ${variant#*:} --json "$out/train_$name.json" | tail -2
-done
-python3 bench/launch_count.py --json "$out/launch_count.json"
-timeout 170 python3 bench/run.py --quick --json "$out/bench_quick.json" --plot "$out/bench_quick.png"
+if [[ $stages == *" tests "* ]]; then
+  parallel=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
+  timeout 270 python3 -m pytest -q -rs $parallel 2>&1 | tee "$out/pytest.log" | tail -15
+fi
+if [[ $stages == *" train "* ]]; then
+  for variant in "step_graph:" "autograd:--mode autograd" "reference:--reference"; do
+    name=${variant%%:*}
+    python3 -m fusedgrad ${variant#*:} --json "$out/train_$name.tmp" | tail -2
+  done
+  python3 - "$out" <<'PY'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+runs = {p.stem.removeprefix("train_"): json.loads(p.read_text()) for p in sorted(out.glob("train_*.tmp"))}
+(out / "train.json").write_text(json.dumps(runs, indent=1))
+for p in out.glob("train_*.tmp"):
+    p.unlink()
+PY
+fi
+if [[ $stages == *" launch "* ]]; then
+  python3 bench/launch_count.py --json "$out/launch_count.json"
+fi
+if [[ $stages == *" kernels "* ]]; then
+  timeout 270 python3 bench/kernels.py --quick --autotune bf16 tf32 --json "$out/kernels.json" | tail -40
+fi
+if [[ $stages == *" bench "* ]]; then
+  timeout 170 python3 bench/run.py --quick --json "$out/bench_quick.json" --plot "$out/bench_quick.png"
+fi

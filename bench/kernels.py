@@ -3,6 +3,7 @@
     python bench/kernels.py                    # the sweep below, JSON + markdown in bench/results/
     python bench/kernels.py --quick            # 4096^3 per precision and the tutorial's GEMMs
     python bench/kernels.py --autotune         # adds fusedgrad's autotuned configs as a variant
+    python bench/kernels.py --quick --autotune bf16 tf32   # ... for some precisions only
     python bench/kernels.py --sizes 1024x1024x16384 --precisions bf16
 
 Per (precision, M, N, K) three passes, each with every implementation:
@@ -180,8 +181,7 @@ def run_case(precision: str, shape: tuple[int, int, int], device: torch.device, 
         for config in tuning.candidates(M, N, K, dtype, gemm.input_precision(dtype), num_sms):
             if config["SPLIT_K"] > 1:
                 configs[f"fusedgrad-splitK{config['SPLIT_K']}"] = config
-    if args.autotune:
-        configs["fusedgrad-autotuned"] = "autotune"
+    autotune = args.autotune is not None and (not args.autotune or precision in args.autotune)
     # References in float64 (on the GPU: fast enough for the sweep), masked by the rounded `out`.
     a64, b64, g64 = a.double(), b.double(), grad_out.double()
     out64 = torch.relu(a64 @ b64)
@@ -189,11 +189,10 @@ def run_case(precision: str, shape: tuple[int, int, int], device: torch.device, 
     references = {"forward": (out64,), "backward": (masked64 @ b64.T, a64.T @ masked64)}
     references["fwd+bwd"] = references["forward"] + references["backward"]
     rows = []
-    for pass_name, impls in implementations(a, b, grad_out, out, kernels,
-                                            {k: v for k, v in configs.items() if v != "autotune"}).items():
+    for pass_name, impls in implementations(a, b, grad_out, out, kernels, configs).items():
         gemms = 1 if pass_name == "forward" else 2 if pass_name == "backward" else 3
         flops = 2 * M * N * K * gemms
-        if args.autotune:
+        if autotune:
             impls["fusedgrad-autotuned"] = _autotuned(impls["fusedgrad"], kernels)
         for name, fn in impls.items():
             error = max(relative_error(o, e) for o, e in zip(fn(), references[pass_name]))
@@ -237,6 +236,15 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def fp32_error_markdown(errors: dict) -> str:
+    names = ("fusedgrad-ieee", "fusedgrad-tf32", "fusedgrad-tf32x3", "cublas-ieee", "cublas-tf32")
+    lines = ["| fp32 product (columns scaled 1e-3..1e3) | " + " | ".join(names) + " |",
+             "| --- |" + " ---: |" * len(names)]
+    for size, row in errors.items():
+        lines.append(f"| {size} | " + " | ".join(f"{row[name]:.1e}" for name in names) + " |")
+    return "\n".join(lines)
+
+
 def parse_size(text: str) -> tuple[int, int, int]:
     parts = tuple(int(p) for p in text.lower().split("x"))
     if len(parts) != 3:
@@ -249,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="4096^3 per precision and the tutorial's GEMMs")
     parser.add_argument("--sizes", type=parse_size, nargs="+", help="MxNxK sizes instead of the sweep")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
-    parser.add_argument("--autotune", action="store_true", help="add fusedgrad's autotuned configs")
+    parser.add_argument("--autotune", nargs="*", choices=PRECISIONS, metavar="PRECISION",
+                        help="add fusedgrad's autotuned configs as a variant (for these precisions; "
+                             "all when none is named): compiling and timing the candidates takes minutes")
     parser.add_argument("--peak-size", type=int, default=8192, help="n of the torch.mm n^3 peak measurement")
     parser.add_argument("--json", type=pathlib.Path, help="result file (default bench/results/kernels-<date>.json)")
     args = parser.parse_args(argv)
@@ -280,10 +290,15 @@ def main(argv: list[str] | None = None) -> int:
             log(f"fp32 errors vs float64: {errors}")
     result = {"rows": rows, "fp32_errors": errors, "peak_size": args.peak_size,
               "environment": environment(device)}
+    result["table"] = markdown(rows)
+    result["fp32_error_table"] = fp32_error_markdown(errors)
+    if args.autotune is not None:
+        from fusedgrad.kernels import tuning
+        result["autotuned"] = tuning.TUNER.entries()  # key -> chosen config and every candidate's time
     path = args.json or RESULTS / f"kernels-{datetime.date.today().isoformat()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
-    print(markdown(rows))
+    print(result["table"] + "\n\n" + result["fp32_error_table"])
     log(f"wrote {path}")
     return 0 if all(r["ok"] for r in rows) else 1
 

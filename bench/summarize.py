@@ -3,8 +3,8 @@
     python bench/summarize.py bench/results/2026-11-26-h200-fused-step bench/results/2026-11-26-h200-core
 
 Each folder contributes the tables its files allow: the trainer runs (train_*.json), the
-launches per step (launch_count.json), `bench/run.py` (bench_quick.json or any *-quick.json)
-and the per-GEMM timings (tiles.json).
+launches per step (launch_count.json), `bench/run.py` (bench_quick.json or any *-quick.json),
+the per-GEMM timings (tiles.json) and `bench/kernels.py` (kernels.json).
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ TRAINER_RUNS = (("train_step_graph.json", ""), ("train_triton.json", "--backend 
 
 def trainer_table(folder: pathlib.Path) -> list[str]:
     runs = [(flag, json.loads((folder / name).read_text())) for name, flag in TRAINER_RUNS if (folder / name).exists()]
+    if (folder / "train.json").exists():  # gpu_check.sh's merged file: {"step_graph": run, ...}
+        merged = json.loads((folder / "train.json").read_text())
+        runs += [(flag, merged[name.removeprefix("train_").removesuffix(".json")]) for name, flag in TRAINER_RUNS
+                 if name.removeprefix("train_").removesuffix(".json") in merged]
     if not runs:
         return []
     lines = ["| `python -m fusedgrad` | backend | mode | steps/s | 500 steps, s | loss at step 500 |",
@@ -67,6 +71,16 @@ def tiles_table(folder: pathlib.Path) -> list[str]:
     return lines
 
 
+def kernels_table(folder: pathlib.Path) -> list[str]:
+    path = folder / "kernels.json"
+    if not path.exists():
+        return []
+    record = json.loads(path.read_text())
+    return [f"`bench/kernels.py` (GPU time from CUDA-graph replay; % of the torch.mm peak at "
+            f"{record['peak_size']}^3 measured in the same run):", "", record["table"], "",
+            record["fp32_error_table"]]
+
+
 def environment(folder: pathlib.Path) -> dict | None:
     for path in sorted(folder.glob("*.json")):
         env = json.loads(path.read_text()).get("environment")
@@ -83,7 +97,7 @@ def main() -> int:
             print(f"**{env['gpu']}**, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
                   f"driver {env['cuda_driver']}, {env['date'][:10]}, commit {str(env['git_commit'])[:10]} "
                   f"(`{folder}`):\n")
-        for table in (trainer_table, launch_table, bench_table, tiles_table):
+        for table in (trainer_table, launch_table, bench_table, tiles_table, kernels_table):
             lines = table(folder)
             if lines:
                 print("\n".join(lines) + "\n")

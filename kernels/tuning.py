@@ -9,9 +9,9 @@ over many multiprocessors instead of running on one; pointer loads, never split-
 TMA loads are offered to the autotuner, which keeps them only where they measure faster.
 
 Autotuning (opt in: FUSEDGRAD_AUTOTUNE=1, or `set_autotune(True)`): the first launch of a kernel
-variant in a shape bucket times every candidate configuration with `triton.testing.do_bench`
-on scratch outputs (inputs are only read; the caller's outputs and parameters are not touched)
-and keeps the fastest. The trade-off: a few seconds of compiling and timing per new bucket, in
+variant in a shape bucket times every candidate configuration with
+`triton.testing.do_bench_cudagraph` (GPU time, no host launch cost) on scratch outputs (inputs
+are only read; the caller's outputs and parameters are not touched) and keeps the fastest. The trade-off: a few seconds of compiling and timing per new bucket, in
 exchange for tiles and split-K chosen by measurement on this GPU rather than by rule.
 - Keys: GPU name, triton version, dtype and dot precision, the variant (epilogue and masked
   operand), the operands' layouts (row- or column-major), and M, N, K rounded up to powers of
@@ -190,6 +190,12 @@ class Tuner:
         except (OSError, ValueError):  # no file yet, or one cut short: tune again
             return {}
         return table if isinstance(table, dict) else {}
+
+    def entries(self) -> dict[str, dict]:
+        """Every tuned key with its config, its time and all candidates' times."""
+        if self._table is None:
+            self._table = self._read()
+        return dict(self._table)
 
     def lookup(self, key: str) -> dict | None:
         if self._table is None:
