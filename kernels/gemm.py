@@ -224,7 +224,7 @@ def plan(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device, confi
     if config is None:
         config = (dict(tuning.INTERPRETER_CONFIG) if INTERPRETED else
                   tuning.heuristic(M, N, K, dtype, tuning.multiprocessors(tuning._device_index(device))))
-    return config, triton.cdiv(M, config["BLOCK_M"]) * triton.cdiv(N, config["BLOCK_N"])
+    return config, tuning.cdiv(M, config["BLOCK_M"]) * tuning.cdiv(N, config["BLOCK_N"])
 
 
 def tma_layout(t: torch.Tensor) -> tuple[bool, torch.Tensor] | None:
@@ -302,7 +302,7 @@ def launch(
         config = {"GROUP_M": 8, "SPLIT_K": 1, "TMA": False, **config}
         split_k = config["SPLIT_K"]
         block_m, block_n, block_k = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
-        tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
+        tiles = tuning.cdiv(M, block_m) * tuning.cdiv(N, block_n)
         # TMA is a request: operands a descriptor cannot describe take the pointer path.
         operands = (a, b) if gate is None else (a, b, gate)
         config["TMA"] = tma = config["TMA"] and K > 0 and all(tma_layout(t) is not None for t in operands)

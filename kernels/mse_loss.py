@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from .reduce import sum_partials
+from .tuning import cdiv
 
 SINGLE_PROGRAM_MAX = 1 << 16  # up to this many elements, one program does everything
 BLOCK = 1024
@@ -67,7 +68,7 @@ def mse_loss_and_grad(input: torch.Tensor, target: torch.Tensor, mean: bool) -> 
         if mean and n == 0:
             loss.fill_(float("nan"))  # torch: the mean of nothing is NaN
         return loss, grad
-    programs = triton.cdiv(n, CHUNK)
+    programs = cdiv(n, CHUNK)
     partials = torch.empty(programs, dtype=torch.float32, device=input.device)
     _squared_error_kernel[(programs,)](flat_input, flat_target, grad, partials, n, CHUNK,
                                        2.0 * scale_loss, 1.0, BLOCK=BLOCK)

@@ -101,24 +101,36 @@ def precision_class(dtype: torch.dtype, input_precision: str | None) -> str:
     return "ieee" if input_precision == "ieee" else "tf32"
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for host code: plain integers (`triton.cdiv` is a constexpr function that
+    costs about 1.5 µs a call, which the launch path would pay a dozen times)."""
+    return -(-a // b)
+
+
 def bucket(size: int) -> int:
     """The power of two at or above `size` (at least 16): the autotuner's shape bucket."""
-    return max(16, triton.next_power_of_2(size))
+    return max(16, 1 << (size - 1).bit_length())
 
 
 def heuristic(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int) -> dict:
+    """A fresh copy of `_heuristic`'s config (cached: it runs on every launch)."""
+    return dict(_heuristic(M, N, K, dtype, num_sms))
+
+
+@functools.lru_cache(maxsize=4096)
+def _heuristic(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int) -> dict:
     """The largest tile that still gives each of `num_sms` multiprocessors a program, else the
     smallest; BLOCK_K 64 for small tiles and 16-bit inputs, 32 for large fp32 tiles; up to
     three pipeline stages, no more than there are K steps."""
     for block_m, block_n in HEURISTIC_TILES:
-        if triton.cdiv(M, block_m) * triton.cdiv(N, block_n) >= num_sms:
+        if cdiv(M, block_m) * cdiv(N, block_n) >= num_sms:
             break
     small = block_m * block_n <= 32 * 64
     block_k = 64 if small or dtype != torch.float32 else 32
     num_warps = 4 if block_m * block_n <= 64 * 64 else 8
     # Pipelining needs K steps to overlap; with one step it only holds registers (a masked
     # operand is prefetched into registers: 204 instead of 56 per thread for 16 x 32 x 64, sm_90).
-    num_stages = max(1, min(3, triton.cdiv(K, block_k)))
+    num_stages = max(1, min(3, cdiv(K, block_k)))
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=1,
                 num_warps=num_warps, num_stages=num_stages)
 
@@ -140,8 +152,8 @@ def candidates(M: int, N: int, K: int, dtype: torch.dtype, input_precision: str 
     found += large
     if tma:
         found += [dict(config, TMA=True) for config in large[:TMA_TWINS]]
-    tiles = triton.cdiv(M, first["BLOCK_M"]) * triton.cdiv(N, first["BLOCK_N"])
-    k_steps = triton.cdiv(K, first["BLOCK_K"])
+    tiles = cdiv(M, first["BLOCK_M"]) * cdiv(N, first["BLOCK_N"])
+    k_steps = cdiv(K, first["BLOCK_K"])
     for split_k in SPLIT_K_CHOICES:
         if tiles < num_sms and k_steps >= 2 * split_k and tiles * split_k <= 4 * num_sms:
             found.append(dict(first, SPLIT_K=split_k))

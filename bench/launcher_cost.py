@@ -1,0 +1,61 @@
+"""Host cost of fusedgrad's GEMM launcher itself, Triton's launch excluded, on any machine.
+
+    python bench/launcher_cost.py --json bench/results/launcher-cost.json
+
+Un-graphed modes (the autograd ops, the fused step without a CUDA graph) are host-bound at the
+tutorial's size, so every microsecond the launcher spends choosing tiles and packing arguments
+counts five times a step. This replaces the compiled kernel with a stub that takes the same
+arguments and does nothing, pretends to be a 132-multiprocessor GPU, and times
+`fusedgrad.kernels.gemm.launch` for the tutorial's five GEMM shapes (median of repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import timeit
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # no GPU needed: the kernel never runs
+
+import torch  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json")
+    parser.add_argument("--number", type=int, default=2000)
+    args = parser.parse_args()
+    from fusedgrad.kernels import gemm, tuning
+    from fusedgrad.train import environment
+
+    class StubKernel:  # `_matmul_kernel[grid](*args, **meta)` without Triton's launch
+        def __getitem__(self, grid):
+            return lambda *args, **meta: None
+
+    gemm._matmul_kernel = StubKernel()
+    gemm.INTERPRETED = False
+    tuning.multiprocessors = lambda index: 132
+    tuning._device_index = lambda device: 0
+    x, w1, w2 = torch.randn(64, 1000), torch.randn(1000, 100), torch.randn(100, 10)
+    h, grad_y = torch.randn(64, 100), torch.randn(64, 10)
+    shapes = {"relu(x @ w1)": (x, w1, dict(epilogue="relu")), "h @ w2": (h, w2, {}),
+              "grad_y @ w2.T": (grad_y, w2.T, {}), "h.T @ grad_y": (h.T, grad_y, {}),
+              "x.T @ masked(grad_h)": (x.T, h, dict(mask_operand=gemm.MASK_B, gate=h))}
+    rows = []
+    for name, (a, b, kwargs) in shapes.items():
+        c = torch.empty(a.shape[0], b.shape[1])
+        runs = timeit.repeat(lambda: gemm.launch(a, b, c, **kwargs), number=args.number, repeat=5)
+        rows.append({"gemm": name, "us_per_launch": 1e6 * statistics.median(runs) / args.number})
+        print(f"{name:24s} {rows[-1]['us_per_launch']:6.1f} µs", flush=True)
+    result = {"rows": rows, "environment": environment(torch.device("cpu"))}
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(result, file, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
