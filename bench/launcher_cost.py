@@ -1,6 +1,7 @@
 """Host cost of fusedgrad's GEMM launcher itself, Triton's launch excluded, on any machine.
 
     python bench/launcher_cost.py --json bench/results/launcher-cost.json
+    git worktree add /tmp/old 07b3ad3 && python bench/launcher_cost.py --kernels-dir /tmp/old/kernels
 
 Un-graphed modes (the autograd ops, the fused step without a CUDA graph) are host-bound at the
 tutorial's size, so every microsecond the launcher spends choosing tiles and packing arguments
@@ -23,13 +24,28 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # no GPU needed: the kernel neve
 import torch  # noqa: E402
 
 
+def load_gemm(kernels_dir: str | None):
+    if kernels_dir is None:
+        from fusedgrad.kernels import gemm
+        return gemm
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("kernels_under_test", os.path.join(kernels_dir, "__init__.py"),
+                                                  submodule_search_locations=[kernels_dir])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["kernels_under_test"] = package
+    spec.loader.exec_module(package)
+    return sys.modules["kernels_under_test.gemm"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json")
     parser.add_argument("--number", type=int, default=2000)
+    parser.add_argument("--kernels-dir", help="time the `kernels/` of another checkout (e.g. a git "
+                                              "worktree of an older commit) instead of the installed one")
     args = parser.parse_args()
-    from fusedgrad.kernels import gemm, tuning
     from fusedgrad.train import environment
+    gemm = load_gemm(args.kernels_dir)
 
     class StubKernel:  # `_matmul_kernel[grid](*args, **meta)` without Triton's launch
         def __getitem__(self, grid):
@@ -37,8 +53,13 @@ def main() -> int:
 
     gemm._matmul_kernel = StubKernel()
     gemm.INTERPRETED = False
-    tuning.multiprocessors = lambda index: 132
-    tuning._device_index = lambda device: 0
+    if hasattr(gemm, "tuning"):
+        gemm.tuning.multiprocessors = lambda index: 132
+        gemm.tuning._device_index = lambda device: 0
+    else:  # before kernels/tuning.py (commit 07b3ad3 and earlier): the heuristic lived in gemm.py
+        heuristic = gemm._config
+        gemm._multiprocessors = lambda index: 132
+        gemm._config = lambda M, N, K, dtype, device: heuristic(M, N, K, dtype, torch.device("cuda", 0))
     x, w1, w2 = torch.randn(64, 1000), torch.randn(1000, 100), torch.randn(100, 10)
     h, grad_y = torch.randn(64, 100), torch.randn(64, 10)
     shapes = {"relu(x @ w1)": (x, w1, dict(epilogue="relu")), "h @ w2": (h, w2, {}),
@@ -50,7 +71,7 @@ def main() -> int:
         runs = timeit.repeat(lambda: gemm.launch(a, b, c, **kwargs), number=args.number, repeat=5)
         rows.append({"gemm": name, "us_per_launch": 1e6 * statistics.median(runs) / args.number})
         print(f"{name:24s} {rows[-1]['us_per_launch']:6.1f} µs", flush=True)
-    result = {"rows": rows, "environment": environment(torch.device("cpu"))}
+    result = {"rows": rows, "kernels_dir": args.kernels_dir, "environment": environment(torch.device("cpu"))}
     if args.json:
         with open(args.json, "w") as file:
             json.dump(result, file, indent=2)

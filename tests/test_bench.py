@@ -80,3 +80,12 @@ def test_kernel_benchmark_at_tiny_size(tmp_path):
         assert any(r["implementation"].startswith("fusedgrad-splitK") for r in rows)
     else:
         assert "GPU numbers need CUDA" in result.stderr
+
+
+def test_launcher_cost_script(tmp_path):
+    out = tmp_path / "cost.json"
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "launcher_cost.py"), "--number", "20",
+                             "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 5 and all(0 < row["us_per_launch"] < 1e4 for row in rows)
