@@ -30,64 +30,62 @@ import torch
 BACKENDS = ("auto", "triton", "aten")
 ENV_VAR = "FUSEDGRAD_BACKEND"
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
 FP32_PRECISIONS = ("torch", "tf32x3")
 PRECISION_ENV_VAR = "FUSEDGRAD_FP32_PRECISION"
 
-_override: contextvars.ContextVar[str | None] = contextvars.ContextVar("fusedgrad_backend", default=None)
-_precision_override: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "fusedgrad_fp32_precision", default=None)
+
+class _Setting:
+    """A named choice: the innermost `block(name)` in this context, else an environment
+    variable (read at each call), else the default (the first choice)."""
+
+    def __init__(self, what: str, choices: tuple[str, ...], env_var: str, api: str):
+        self.what, self.choices, self.env_var, self.api = what, choices, env_var, api
+        self.override: contextvars.ContextVar[str | None] = contextvars.ContextVar(api, default=None)
+
+    def check(self, name: object, where: str) -> str:
+        if name not in self.choices:
+            raise ValueError(f"{where}: unknown {self.what} {name!r}; choose one of {', '.join(self.choices)}")
+        return name  # type: ignore[return-value]
+
+    def current(self) -> str:
+        name = self.override.get()
+        if name is not None:
+            return name
+        return self.check(os.environ.get(self.env_var, "").strip().lower() or self.choices[0],
+                          f"environment variable {self.env_var}")
+
+    @contextlib.contextmanager
+    def block(self, name: str) -> Iterator[str]:
+        token = self.override.set(self.check(name, self.api))
+        try:
+            yield name
+        finally:
+            self.override.reset(token)
 
 
-def _check_name(name: object, where: str) -> str:
-    if name not in BACKENDS:
-        raise ValueError(f"{where}: unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    return name  # type: ignore[return-value]
+_BACKEND = _Setting("backend", BACKENDS, ENV_VAR, "fusedgrad.backend")
+_FP32_PRECISION = _Setting("fp32 precision", FP32_PRECISIONS, PRECISION_ENV_VAR, "fusedgrad.fp32_precision")
 
 
 def current_backend() -> str:
     """The backend name in force here: "auto", "triton" or "aten"."""
-    name = _override.get()
-    if name is not None:
-        return name
-    return _check_name(os.environ.get(ENV_VAR, "auto").strip().lower() or "auto",
-                       f"environment variable {ENV_VAR}")
+    return _BACKEND.current()
 
 
-@contextlib.contextmanager
-def backend(name: str) -> Iterator[str]:
+def backend(name: str) -> contextlib.AbstractContextManager[str]:
     """Run the fusedgrad ops inside the block with backend `name` ("auto", "triton", "aten")."""
-    token = _override.set(_check_name(name, "fusedgrad.backend"))
-    try:
-        yield name
-    finally:
-        _override.reset(token)
-
-
-def _check_precision(name: object, where: str) -> str:
-    if name not in FP32_PRECISIONS:
-        raise ValueError(f"{where}: unknown fp32 precision {name!r}; choose one of {', '.join(FP32_PRECISIONS)}")
-    return name  # type: ignore[return-value]
+    return _BACKEND.block(name)
 
 
 def current_fp32_precision() -> str:
     """The fp32 precision in force here for the Triton kernels: "torch" or "tf32x3"."""
-    name = _precision_override.get()
-    if name is not None:
-        return name
-    return _check_precision(os.environ.get(PRECISION_ENV_VAR, "torch").strip().lower() or "torch",
-                            f"environment variable {PRECISION_ENV_VAR}")
+    return _FP32_PRECISION.current()
 
 
-@contextlib.contextmanager
-def fp32_precision(name: str) -> Iterator[str]:
+def fp32_precision(name: str) -> contextlib.AbstractContextManager[str]:
     """Run the Triton kernels' fp32 products inside the block at precision `name`
     ("torch" or "tf32x3"); 16-bit inputs and the ATen backend are unaffected."""
-    token = _precision_override.set(_check_precision(name, "fusedgrad.fp32_precision"))
-    try:
-        yield name
-    finally:
-        _precision_override.reset(token)
+    return _FP32_PRECISION.block(name)
 
 
 def kernel_fp32_precision() -> str | None:
