@@ -21,6 +21,14 @@ explicit strides. Offsets are computed in int64, so operands beyond 2**31 elemen
 correctly. Squared-error partial sums go to one slot per program and are added up in index
 order by a later launch (REDUCE_PARTIALS), never with atomics: the loss is deterministic.
 
+Two launch options serve shapes the plain tiling serves badly (`kernels/tuning.py` chooses):
+SPLIT_K > 1 gives each output tile several programs, one per slice of K, for skinny long-K
+products that would otherwise fill a few multiprocessors; the last program of a tile to finish
+(an acq_rel counter) adds the partial tiles in slice order, so the sum is deterministic and the
+epilogues run unchanged, in one launch. TMA loads tiles through host tensor descriptors on
+Hopper instead of per-element pointers, trading a layout restriction (16-byte aligned rows) for
+fewer registers and hardware bounds checks.
+
 The ATen reference of the plain GEMM (CPU fallback and test oracle) is
 `fusedgrad.matmul.matmul_reference`; the fused step's is `fusedgrad.step.train_step_reference`.
 """
