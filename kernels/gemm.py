@@ -72,7 +72,7 @@ def _matmul_kernel(
     reduce_out_ptr,
     lr_ptr,        # sgd with LR_FROM_PTR: the learning rate as a 0-d tensor
     workspace_ptr,  # SPLIT_K > 1: fp32 partial tiles, (SPLIT_K, programs, BLOCK_M * BLOCK_N)
-    counter_ptr,    # SPLIT_K > 1: int32 per tile, 0 before the launch and after it
+    counter_ptr,    # SPLIT_K > 1: int32 per tile, 0 before the launch
     # sizes
     M, N, K, num_reduce,
     # strides
@@ -155,8 +155,8 @@ def _matmul_kernel(
     finish = True
     if SPLIT_K > 1:
         # Each K slice stores its partial tile; the tile's last program to arrive (an acq_rel
-        # counter) adds the slices up in slice order, so the sum never depends on timing, and
-        # runs the epilogue. It leaves the counter at 0 for the next launch.
+        # counter, zeroed by the launcher) adds the slices up in slice order, so the sum never
+        # depends on timing, and runs the epilogue.
         tile_size = BLOCK_M * BLOCK_N
         in_tile = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
         tile_ws = workspace_ptr + pid.to(tl.int64) * tile_size + in_tile
@@ -168,7 +168,6 @@ def _matmul_kernel(
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             for k_slice in range(0, SPLIT_K):
                 acc += tl.load(tile_ws + k_slice * slice_stride, cache_modifier=".cg")
-            tl.store(counter_ptr + pid, 0)
 
     if finish:
         aux_ptrs = aux_ptr + rows_m * stride_aux_m + cols_n * stride_aux_n
@@ -247,8 +246,8 @@ def tma_layout(t: torch.Tensor) -> tuple[bool, torch.Tensor] | None:
         stored_t, storage = True, t.T
     else:
         return None
-    if storage.stride(0) * t.element_size() % 16:
-        return None
+    if storage.stride(0) < storage.shape[1] or storage.stride(0) * t.element_size() % 16:
+        return None  # overlapping rows (a broadcast, stride 0) or rows not 16-byte multiples
     return stored_t, storage
 
 
@@ -258,22 +257,6 @@ def _descriptor(t: torch.Tensor, block_rows: int, block_cols: int):
     stored_t, storage = tma_layout(t)
     block = [block_cols, block_rows] if stored_t else [block_rows, block_cols]
     return TensorDescriptor(storage, list(storage.shape), [storage.stride(0), 1], block), stored_t
-
-
-# Split-K tile counters, per (device, stream): each launch leaves them at 0. Buffers are never
-# freed, since a captured CUDA graph may still use an older one.
-_counters: dict[tuple, torch.Tensor] = {}
-_all_counters: list[torch.Tensor] = []
-
-
-def _tile_counters(device: torch.device, tiles: int) -> torch.Tensor:
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    counters = _counters.get((device, stream))
-    if counters is None or counters.numel() < tiles:
-        counters = torch.zeros(max(tiles, 1024), dtype=torch.int32, device=device)
-        _counters[(device, stream)] = counters
-        _all_counters.append(counters)
-    return counters
 
 
 def launch(
@@ -306,14 +289,16 @@ def launch(
         return
     precision = input_precision(a.dtype, fp32_precision)
 
+    def tma_ready() -> bool:  # asked only when autotuning or when a config requests TMA
+        return K > 0 and all(tma_layout(t) is not None for t in ((a, b) if gate is None else (a, b, gate)))
+
     def run(config, c, aux, partials, reduce_out):
         config = {"GROUP_M": 8, "SPLIT_K": 1, "TMA": False, **config}
         split_k = config["SPLIT_K"]
         block_m, block_n, block_k = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
         tiles = tuning.cdiv(M, block_m) * tuning.cdiv(N, block_n)
         # TMA is a request: operands a descriptor cannot describe take the pointer path.
-        operands = (a, b) if gate is None else (a, b, gate)
-        config["TMA"] = tma = config["TMA"] and K > 0 and all(tma_layout(t) is not None for t in operands)
+        config["TMA"] = tma = config["TMA"] and tma_ready()
         a_arg, b_arg, gate_arg = a, b, gate
         stored_t = dict(A_STORED_T=False, B_STORED_T=False, GATE_STORED_T=False)
         if tma:
@@ -324,9 +309,11 @@ def launch(
                 gate_arg, stored_t["GATE_STORED_T"] = _descriptor(gate, *gate_block)
         workspace = counters = a
         if split_k > 1:
+            # Fresh per launch (one memset): a counter shared between launches, streams or
+            # captured graphs could be left off step by one of them and then fail silently.
             workspace = torch.empty(split_k * tiles * config["BLOCK_M"] * config["BLOCK_N"],
                                     dtype=torch.float32, device=a.device)
-            counters = _tile_counters(a.device, tiles)
+            counters = torch.zeros(tiles, dtype=torch.int32, device=a.device)
         lr_from_ptr = isinstance(lr, torch.Tensor)
         dummy = a
         gate_ = dummy if gate is None else gate
@@ -359,14 +346,18 @@ def launch(
         """GPU time of `config` on scratch outputs (the caller's tensors are only read), from
         launches replayed in a CUDA graph: host launch cost, which would swamp the small
         kernels' differences, is left out."""
+        if config.get("TMA") and not tma_ready():
+            return float("inf")  # it would time the pointer path under the TMA name
         scratch = [None if t is None else torch.empty_like(t) for t in (c, partials, reduce_out)]
         scratch_aux = aux.clone() if epilogue == "sgd" else aux
         return triton.testing.do_bench_cudagraph(lambda: run(config, scratch[0], scratch_aux, scratch[1], scratch[2]),
                                                  rep=20, return_mode="median")
 
     if config is None:
-        config = tuning.choose(a, b, f"{epilogue} mask={mask_operand}", precision,
-                               interpreted=INTERPRETED, time_ms=time_ms)
+        variant = f"{epilogue} mask={mask_operand}"
+        if tuning.autotune_enabled() and tma_ready():
+            variant += " tma"  # TMA-capable operands: their own tuned entry
+        config = tuning.choose(a, b, variant, precision, interpreted=INTERPRETED, time_ms=time_ms)
     run(config, c, aux, partials, reduce_out)
 
 

@@ -38,6 +38,10 @@ import torch
 import triton
 
 ENV_VAR = "FUSEDGRAD_AUTOTUNE"
+# Part of every cache key: bump it when the kernel's meta-parameters or their meaning change, so
+# configs cached by an older fusedgrad are retuned instead of launched.
+SCHEMA = "gemm-v1"
+CONFIG_KEYS = frozenset({"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "SPLIT_K", "TMA", "num_warps", "num_stages"})
 CACHE_ENV_VAR = "FUSEDGRAD_CACHE_DIR"
 
 # Tile shapes (BLOCK_M, BLOCK_N) of the heuristic, largest first; every block >= 16 (tl.dot's minimum).
@@ -174,7 +178,7 @@ def key(a: torch.Tensor, b: torch.Tensor, variant: str, input_precision: str | N
     """The autotuner's cache key of `a @ b` in kernel variant `variant` (see the module text)."""
     (M, K), N = a.shape, b.shape[1]
     name = _device_name(_device_index(a.device)) if a.is_cuda else str(a.device)
-    return "|".join((name, f"triton {triton.__version__}", str(a.dtype).removeprefix("torch."),
+    return "|".join((SCHEMA, name, f"triton {triton.__version__}", str(a.dtype).removeprefix("torch."),
                      str(input_precision), variant, f"a {_layout(a)}", f"b {_layout(b)}",
                      f"M {bucket(M)}", f"N {bucket(N)}", f"K {bucket(K)}"))
 
@@ -215,22 +219,30 @@ class Tuner:
         if self._table is None:
             self._table = self._read()
         entry = self._table.get(key)
-        return None if entry is None else entry["config"]
+        config = entry.get("config") if isinstance(entry, dict) else None
+        if not isinstance(config, dict) or not set(config) <= CONFIG_KEYS:
+            return None  # missing, or written by something else: tune again
+        return config
 
     def tune(self, key: str, configs: list[dict], time_ms: Callable[[dict], float]) -> dict:
         """Time every config (a config that fails to compile or launch counts as infinitely
         slow), remember the fastest under `key`, write the file, return the fastest."""
-        times = []
+        times, errors = [], []
         for config in configs:
             try:
                 times.append(float(time_ms(config)))
-            except Exception:  # e.g. out of shared memory for this tile on this GPU
+                errors.append(None)
+            except Exception as error:  # e.g. out of shared memory for this tile on this GPU
                 times.append(float("inf"))
+                errors.append(error)
         best = min(range(len(configs)), key=times.__getitem__)
         if times[best] == float("inf"):
-            raise RuntimeError(f"autotune: no candidate configuration ran for {key}")
+            last = next((e for e in reversed(errors) if e is not None), None)
+            raise RuntimeError(f"autotune: no candidate configuration ran for {key} "
+                               f"(last error: {last!r})") from last
         entry = {"config": configs[best], "ms": times[best],
-                 "timed": [[config, t] for config, t in zip(configs, times)]}
+                 "timed": [[config, t] if e is None else [config, t, repr(e)[:300]]
+                           for config, t, e in zip(configs, times, errors)]}
         if self._table is None:
             self._table = self._read()
         self._table[key] = entry
@@ -272,6 +284,8 @@ def choose(a: torch.Tensor, b: torch.Tensor, variant: str, input_precision: str 
         if config is not None:
             return config
         if time_ms is not None and not _capturing(a.device):
+            if a.is_cuda:
+                torch.cuda.synchronize(a.device)  # time on an idle GPU, after the inputs are written
             configs = candidates(M, N, K, a.dtype, input_precision, num_sms, has_tma(_device_index(a.device)))
             return TUNER.tune(tuned_key, configs, time_ms)
     return heuristic(M, N, K, a.dtype, num_sms)

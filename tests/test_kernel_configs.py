@@ -1,5 +1,5 @@
 """Tier 2: the GEMM kernel under every launch configuration it may get: split-K (partial tiles
-summed in slice order by the tile's last program) in every epilogue, every autotuning
+summed in slice order by the tile's last program) in every epilogue, TMA loads, every autotuning
 candidate, and the fused step with all its GEMMs split. Interpreted on CPU, compiled on CUDA;
 oracle: float64 ATen.
 """
@@ -49,7 +49,7 @@ def test_split_k_matches_float64(variant, dtype, split_k):
     assert_close(out, reference, str(dtype).removeprefix("torch."))
 
 
-def test_split_k_is_deterministic_and_leaves_counters_at_zero():
+def test_split_k_is_deterministic():
     a = make_operand(50, 300, torch.float32, DEVICE)
     b = make_operand(300, 20, torch.float32, DEVICE)
     a[3, 17] = float("nan")  # NaN propagates through the partial sums
@@ -58,7 +58,6 @@ def test_split_k_is_deterministic_and_leaves_counters_at_zero():
     assert runs[0][3].isnan().all() and not runs[0][4].isnan().any()
     finite = ~runs[0].isnan()
     assert all(torch.equal(runs[0][finite], run[finite]) for run in runs[1:])
-    assert all(int(counters.abs().sum()) == 0 for counters in gemm._all_counters)
 
 
 def test_split_k_in_the_sgd_and_squared_error_epilogues():

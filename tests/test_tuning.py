@@ -121,8 +121,23 @@ def test_failing_candidates_are_skipped_and_all_failing_is_an_error(compiled_gpu
     best = tuning.TUNER.tune("k", configs, time_ms)
     assert best["BLOCK_N"] != 256 and best == min(
         (c for c in configs if c["BLOCK_N"] != 256), key=lambda c: c["BLOCK_M"] / c["num_stages"])
-    with pytest.raises(RuntimeError, match="no candidate"):
+    entry = tuning.TUNER.entries()["k"]
+    assert all(("out of resources" in timed[2]) == (timed[0]["BLOCK_N"] == 256) if len(timed) == 3 else
+               timed[0]["BLOCK_N"] != 256 for timed in entry["timed"])
+    with pytest.raises(RuntimeError, match="no candidate.*ZeroDivisionError"):
         tuning.TUNER.tune("k2", configs, lambda config: 1 / 0)
+
+
+def test_cached_configs_of_another_schema_are_retuned(compiled_gpu):
+    a, b = operands(64, 1000, 100)
+    key = tuning.key(a, b, "relu mask=0", "ieee")
+    assert key.startswith(tuning.SCHEMA + "|")
+    compiled_gpu.write_text(json.dumps({key: {"config": {"BLOCK_M": 16, "OLD_KNOB": 1}}}))
+    calls = []
+    fastest = tuning.candidates(64, 100, 1000, torch.float32, "ieee", SMS, tma=True)[1]
+    assert tuning.choose(a, b, "relu mask=0", "ieee", interpreted=False,
+                         time_ms=fake_clock(fastest, calls)) == fastest
+    assert calls  # the unknown knob was not launched: the bucket was tuned again
 
 
 def test_off_by_default_and_a_corrupt_cache_is_ignored(compiled_gpu, monkeypatch):
