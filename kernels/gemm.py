@@ -375,7 +375,7 @@ def matmul(
 
     a: (M, K), b: (K, N), any strides; a mask, when given, is a ReLU output shaped like the
     operand it gates. Returns a new contiguous (M, N) tensor of a's dtype. `config` overrides
-    the tile choice (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_K, num_warps, num_stages);
+    the tile choice (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_K, TMA, num_warps, num_stages);
     `fp32_precision` ("ieee", "tf32", "tf32x3") overrides torch's setting for fp32 inputs.
     """
     # check
@@ -388,6 +388,7 @@ def matmul(
         raise TypeError(f"matmul: Triton kernels take {SUPPORTED_DTYPES}, got {a.dtype}")
     if a_relu_mask is not None and b_relu_mask is not None:
         raise ValueError("matmul: mask one operand at most")
+    input_precision(a.dtype, fp32_precision)  # raises on an unknown precision
     mask_operand, gate, gated = NO_MASK, None, None
     if a_relu_mask is not None:
         mask_operand, gate, gated = MASK_A, a_relu_mask, a
