@@ -132,8 +132,11 @@ def extra_bytes(pass_name: str, name: str, M: int, N: int, itemsize: int) -> int
     """Traffic beyond each operand read once and each result written once (a model):
     eager writes the pre-activation and re-reads/re-writes it for the ReLU (2MN), and its
     backward's mask kernel reads grad_out and out and writes the masked gradient (3MN) that the
-    two GEMMs then read in place of grad_out; fusedgrad's backward GEMMs read `out` (MN each)."""
+    two GEMMs then read in place of grad_out; fusedgrad's backward GEMMs read `out` (MN each),
+    and split-K writes and reads back one fp32 partial tile per slice."""
     mn = M * N * itemsize
+    if name.startswith("fusedgrad-splitK"):  # forward only
+        return 2 * int(name.removeprefix("fusedgrad-splitK")) * M * N * 4
     if name.startswith("fusedgrad"):
         model = {"forward": 0, "backward": 2 * mn, "fwd+bwd": 2 * mn}
     elif name == "torch._addmm_activation":
