@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import sys
 
 import torch
 
 import fusedgrad
-from fusedgrad.train import TrainConfig, environment, make_problem, make_step
+from fusedgrad.train import TrainConfig, make_problem, make_step, write_result
 
 MODES = [("reference", False), ("autograd", False), ("step", False), ("step", True)]
 
@@ -52,10 +51,7 @@ def main() -> int:
             name = mode + (" + cuda graph" if cuda_graph else "")
             rows[name] = profile_step(step)
         print(f"{name:22s} GPU work {rows[name]['gpu_work']:3d}   host launch calls {rows[name]['host_launch_calls']:3d}")
-    result = {"per_step": rows, "environment": environment(torch.device("cuda"))}
-    if args.json:
-        with open(args.json, "w") as file:
-            json.dump(result, file, indent=2)
+    write_result(args.json, {"per_step": rows}, torch.device("cuda"))
     return 0
 
 

@@ -13,7 +13,6 @@ arguments and does nothing, pretends to be a 132-multiprocessor GPU, and times
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -44,7 +43,7 @@ def main() -> int:
     parser.add_argument("--kernels-dir", help="time the `kernels/` of another checkout (e.g. a git "
                                               "worktree of an older commit) instead of the installed one")
     args = parser.parse_args()
-    from fusedgrad.train import environment
+    from fusedgrad.train import write_result
     gemm = load_gemm(args.kernels_dir)
 
     class StubKernel:  # `_matmul_kernel[grid](*args, **meta)` without Triton's launch
@@ -55,7 +54,7 @@ def main() -> int:
     gemm.INTERPRETED = False
     if hasattr(gemm, "tuning"):
         gemm.tuning.multiprocessors = lambda index: 132
-        gemm.tuning._device_index = lambda device: 0
+        gemm.tuning.device_index = lambda device: 0
     else:  # before kernels/tuning.py (commit 07b3ad3 and earlier): the heuristic lived in gemm.py
         heuristic = gemm._config
         gemm._multiprocessors = lambda index: 132
@@ -71,10 +70,7 @@ def main() -> int:
         runs = timeit.repeat(lambda: gemm.launch(a, b, c, **kwargs), number=args.number, repeat=5)
         rows.append({"gemm": name, "us_per_launch": 1e6 * statistics.median(runs) / args.number})
         print(f"{name:24s} {rows[-1]['us_per_launch']:6.1f} µs", flush=True)
-    result = {"rows": rows, "kernels_dir": args.kernels_dir, "environment": environment(torch.device("cpu"))}
-    if args.json:
-        with open(args.json, "w") as file:
-            json.dump(result, file, indent=2)
+    write_result(args.json, {"rows": rows, "kernels_dir": args.kernels_dir}, torch.device("cpu"))
     return 0
 
 

@@ -18,7 +18,7 @@ import sys
 import torch
 
 import fusedgrad
-from fusedgrad.train import environment
+from fusedgrad.train import write_result
 
 
 def median_us(fn) -> float:
@@ -71,12 +71,8 @@ def main() -> int:
         "forward": [forward_cases(64, 1000, 100, torch.float32),
                     forward_cases(4096, 4096, 4096, torch.bfloat16)],
         "tutorial_step_median_us": step_case(),
-        "environment": environment(torch.device("cuda")),
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as file:
-            json.dump(result, file, indent=2)
+    print(json.dumps(write_result(args.json, result, torch.device("cuda")), indent=2))
     return 0
 
 

@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from fusedgrad.train import environment
+from fusedgrad.train import write_result
 
 REPS = 20
 
@@ -71,10 +71,7 @@ def main() -> int:
             "cublas_us": graph_us(cublas),
         })
         print(json.dumps(rows[-1]))
-    result = {"rows": rows, "reps_per_graph": REPS, "environment": environment(torch.device("cuda"))}
-    if args.json:
-        with open(args.json, "w") as file:
-            json.dump(result, file, indent=2)
+    write_result(args.json, {"rows": rows, "reps_per_graph": REPS}, torch.device("cuda"))
     return 0
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 
 import torch
 
 from .dispatch import BACKENDS, TRITON_DTYPES
-from .train import MODES, TrainConfig, environment, resolve_device, resolve_mode, train
+from .train import MODES, TrainConfig, resolve_device, resolve_mode, train, write_result
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
@@ -103,10 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         record = {"config": dataclasses.asdict(config), "backend": result.backend, "mode": result.mode,
                   "losses": {str(step): loss for step, loss in result.losses.items()},
-                  "seconds": result.seconds, "steps_per_second": result.steps_per_second,
-                  "summary": summary, "environment": environment(resolve_device(config.device))}
-        with open(args.json, "w") as file:
-            json.dump(record, file, indent=2)
+                  "seconds": result.seconds, "steps_per_second": result.steps_per_second, "summary": summary}
+        write_result(args.json, record, resolve_device(config.device))
     return 0
 
 

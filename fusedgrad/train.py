@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -174,6 +175,15 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
+
+
+def write_result(path: str | os.PathLike | None, result: dict, device: torch.device) -> dict:
+    """Add the environment of `device` to `result` and, when `path` is given, write it as JSON."""
+    result["environment"] = environment(device)
+    if path:
+        with open(path, "w") as file:
+            json.dump(result, file, indent=2)
+    return result
 
 
 def environment(device: torch.device) -> dict:

@@ -229,8 +229,7 @@ def plan(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device, confi
     """(config, number of output tiles) of a launch, so callers can size per-tile buffers before
     it; pass the config on to `launch` (a launch given a config never autotunes)."""
     if config is None:
-        config = (dict(tuning.INTERPRETER_CONFIG) if INTERPRETED else
-                  tuning.heuristic(M, N, K, dtype, tuning.multiprocessors(tuning._device_index(device))))
+        config = tuning.default(M, N, K, dtype, device, interpreted=INTERPRETED)
     return config, tuning.cdiv(M, config["BLOCK_M"]) * tuning.cdiv(N, config["BLOCK_N"])
 
 

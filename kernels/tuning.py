@@ -96,7 +96,7 @@ def _device_name(device_index: int) -> str:
     return torch.cuda.get_device_name(device_index)
 
 
-def _device_index(device: torch.device) -> int:
+def device_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
@@ -177,7 +177,7 @@ def _layout(t: torch.Tensor) -> str:
 def key(a: torch.Tensor, b: torch.Tensor, variant: str, input_precision: str | None) -> str:
     """The autotuner's cache key of `a @ b` in kernel variant `variant` (see the module text)."""
     (M, K), N = a.shape, b.shape[1]
-    name = _device_name(_device_index(a.device)) if a.is_cuda else str(a.device)
+    name = _device_name(device_index(a.device)) if a.is_cuda else str(a.device)
     return "|".join((SCHEMA, name, f"triton {triton.__version__}", str(a.dtype).removeprefix("torch."),
                      str(input_precision), variant, f"a {_layout(a)}", f"b {_layout(b)}",
                      f"M {bucket(M)}", f"N {bucket(N)}", f"K {bucket(K)}"))
@@ -269,16 +269,20 @@ def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
+def default(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device, *, interpreted: bool) -> dict:
+    """The untuned configuration: the interpreter's large tiles, else the heuristic's."""
+    if interpreted:
+        return dict(INTERPRETER_CONFIG)
+    return heuristic(M, N, K, dtype, multiprocessors(device_index(device)))
+
+
 def choose(a: torch.Tensor, b: torch.Tensor, variant: str, input_precision: str | None, *,
            interpreted: bool, time_ms: Callable[[dict], float] | None = None) -> dict:
     """The configuration for `a @ b` in kernel variant `variant`: the interpreter's, the
     heuristic's, or, with autotuning on, a tuned one (timed now with `time_ms` if the bucket is
     new, unless a CUDA graph is being captured)."""
-    if interpreted:
-        return dict(INTERPRETER_CONFIG)
     (M, K), N = a.shape, b.shape[1]
-    num_sms = multiprocessors(_device_index(a.device))
-    if autotune_enabled():
+    if not interpreted and autotune_enabled():
         tuned_key = key(a, b, variant, input_precision)
         config = TUNER.lookup(tuned_key)
         if config is not None:
@@ -286,6 +290,7 @@ def choose(a: torch.Tensor, b: torch.Tensor, variant: str, input_precision: str 
         if time_ms is not None and not _capturing(a.device):
             if a.is_cuda:
                 torch.cuda.synchronize(a.device)  # time on an idle GPU, after the inputs are written
-            configs = candidates(M, N, K, a.dtype, input_precision, num_sms, has_tma(_device_index(a.device)))
+            index = device_index(a.device)
+            configs = candidates(M, N, K, a.dtype, input_precision, multiprocessors(index), has_tma(index))
             return TUNER.tune(tuned_key, configs, time_ms)
-    return heuristic(M, N, K, a.dtype, num_sms)
+    return default(M, N, K, a.dtype, a.device, interpreted=interpreted)

@@ -19,7 +19,7 @@ def compiled_gpu(monkeypatch, tmp_path):
     """Pretend to be a compiled-mode launch on a 132-multiprocessor GPU, with autotuning on and
     a fresh cache file."""
     monkeypatch.setattr(tuning, "multiprocessors", lambda index: SMS)
-    monkeypatch.setattr(tuning, "_device_index", lambda device: 0)
+    monkeypatch.setattr(tuning, "device_index", lambda device: 0)
     monkeypatch.setattr(tuning, "has_tma", lambda index: True)
     monkeypatch.setenv(tuning.CACHE_ENV_VAR, str(tmp_path))
     monkeypatch.setattr(tuning, "TUNER", tuning.Tuner())
