@@ -8,8 +8,8 @@ only the GPU toolchain rejects (tl.dot shape rules, type errors in constexpr bra
 casts). Triton ships ptxas, so every kernel variant fusedgrad launches is compiled here to a
 sm_90 cubin. The check also reads the PTX: 16-bit (and 3xTF32) GEMM tiles must use Hopper's
 wgmma, split-K must synchronise through an acq_rel atomic, TMA variants must use bulk tensor
-copies. Resources (registers, local memory
-for spills, shared memory) come from Triton's bundled cuobjdump.
+copies; and the TTGIR of the transposed grad_b launch must keep wgmma in flight. Resources
+(registers, local memory for spills, shared memory) come from Triton's bundled cuobjdump.
 Run with TRITON_INTERPRET unset.
 """
 
@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import re
 import sys
 
 
 def _resources(compiled) -> str:
     """Registers per thread and local (spill) bytes from cuobjdump, shared memory from Triton."""
-    import re
     import subprocess
     import tempfile
 
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     failures, checked = [], 0
 
     def check(name: str, kernel, constexprs: dict, types, expect_in_ptx: str | None = None,
-              options: dict | None = None, report: bool = False, aligned_sizes: bool = False) -> None:
+              options: dict | None = None, report: bool = False, aligned_sizes: bool = False,
+              expect_in_ttgir: str | None = None) -> None:
         nonlocal checked
         checked += 1
         try:
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             return
         if expect_in_ptx and expect_in_ptx not in compiled.asm["ptx"]:
             failures.append(f"{name}: compiled, but `{expect_in_ptx}` is not in its PTX")
+        if expect_in_ttgir and not re.search(expect_in_ttgir, compiled.asm["ttgir"]):
+            failures.append(f"{name}: compiled, but /{expect_in_ttgir}/ is not in its TTGIR")
         if report or args.verbose:
             print(f"{name}: {_resources(compiled)}")
 
@@ -141,6 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         check(f"squared error {dtype}", mse_loss._squared_error_kernel, dict(BLOCK=mse_loss.BLOCK),
               lambda n, d=dtype: f"*{d}" if n.endswith("_ptr") and n != "out_ptr" else
               ("*fp32" if n == "out_ptr" else "fp32" if n.startswith("scale") else "i32"))
+    # grad_b launched transposed (`gemm.gate_b_by_transposing`): grad_out.T gated as A, both
+    # operands column-major, C written transposed. The reason for the transpose: wgmma takes the
+    # gated A from registers and stays in flight (a wait with pendings > 0); a gated B waits
+    # for every wgmma. If a Triton release changes that, this check says so.
+    for dtype, precision, block_k in (("bf16", None, 64), ("fp16", None, 64), ("fp32", "tf32", 32)):
+        constexprs = gemm_constexprs("none", gemm.MASK_A, precision, 128, 128, block_k)
+        constexprs.update(stride_am=1, stride_gate_0=1, stride_bn=1, stride_cm=1)
+        check(f"gemm {dtype}/{precision} grad_b transposed (gated A) 128x128x{block_k}: wgmma in flight",
+              gemm._matmul_kernel, constexprs, gemm_types(dtype), options=dict(num_warps=8, num_stages=3),
+              aligned_sizes=True, expect_in_ttgir=r"warp_group_dot_wait[^{]*\{pendings = [1-9]")
     # TMA loads (tensor descriptors): forward, and grad_w1's shape (a column-major A, gated B).
     for dtype, precision, block_k in (("bf16", None, 64), ("fp32", "tf32", 32)):
         for epilogue, mask_operand, a_t in (("relu", gemm.NO_MASK, False), ("none", gemm.MASK_B, True)):

@@ -14,6 +14,8 @@ Per (precision, M, N, K) three passes, each with every implementation:
     fwd+bwd    both of the above in sequence
 fusedgrad runs with its shape heuristic ("fusedgrad"), with autotuning ("fusedgrad-autotuned",
 --autotune), and where the autotuner would try it, split over K ("fusedgrad-splitK<n>").
+On tensor cores fusedgrad launches grad_b = a.T @ gated(grad_out) as its transpose (gated A);
+"fusedgrad-gate-B" launches it as written, to measure the difference.
 Each implementation's launches are captured in a CUDA graph and the replay is timed
 (`triton.testing.do_bench` median, warm-up first): host launch cost is excluded, so the
 numbers are GPU time; operands stay in L2 between launches when they fit. Per row: µs, TFLOP/s
@@ -111,6 +113,23 @@ def implementations(a, b, grad_out, out, kernels, configs: dict) -> dict:
         if config is None:  # a fixed config (split-K) is chosen for the forward's shape only
             passes["backward"][name] = ours_backward(config)
             passes["fwd+bwd"][name] = ours_both(config)
+
+    gemm = kernels.gemm
+    if gemm.gate_b_by_transposing(a.dtype):
+        # grad_b launched as written (B gated), to measure what the transposed launch buys.
+        def grad_b_gating_b(forward_out):
+            grad_b = torch.empty(b.shape, dtype=a.dtype, device=a.device)
+            gemm.launch(a.T, grad_out, grad_b, mask_operand=gemm.MASK_B, gate=forward_out)
+            return grad_b
+
+        passes["backward"]["fusedgrad-gate-B"] = lambda: (
+            kernels.matmul(grad_out, b.T, a_relu_mask=out), grad_b_gating_b(out))
+
+        def both_gating_b():
+            forward_out = kernels.matmul(a, b, relu=True)
+            return (forward_out, kernels.matmul(grad_out, b.T, a_relu_mask=forward_out),
+                    grad_b_gating_b(forward_out))
+        passes["fwd+bwd"]["fusedgrad-gate-B"] = both_gating_b
 
     def torch_backward(forward_out):
         masked = torch.ops.aten.threshold_backward(grad_out, forward_out, 0)

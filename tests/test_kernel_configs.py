@@ -49,6 +49,35 @@ def test_split_k_matches_float64(variant, dtype, split_k):
     assert_close(out, reference, str(dtype).removeprefix("torch."))
 
 
+@pytest.mark.parametrize("layout_grad", ["contiguous", "transposed"])
+@pytest.mark.parametrize("layout_a", ["contiguous", "transposed", "sliced"])
+@pytest.mark.parametrize("precision", ["ieee", "tf32"])
+def test_gated_b_is_launched_transposed_on_tensor_cores(precision, layout_a, layout_grad, monkeypatch):
+    """grad_b = a.T @ (relu'(out) * grad_out): with tensor-core dots (tf32 here; the
+    interpreter's are exact) it is launched as grad_b.T = (relu'(out.T) * grad_out.T) @ a, with
+    the gated operand as A; with IEEE dots as written. Either way: float64's result, contiguous."""
+    launched = []
+    launch = gemm.launch
+
+    def recording(a, b, c, **kwargs):
+        launched.append((tuple(a.shape), tuple(b.shape), kwargs["mask_operand"]))
+        return launch(a, b, c, **kwargs)
+
+    monkeypatch.setattr(gemm, "launch", recording)
+    M, K, N = 37, 70, 45  # the forward's a is (M, K); grad_b is (K, N)
+    a = make_operand(M, K, torch.float32, DEVICE, layout_a)
+    grad_out = make_operand(M, N, torch.float32, DEVICE, layout_grad)
+    gate = torch.randn(M, N, device=DEVICE)
+    grad_b = gemm.matmul(a.T, grad_out, b_relu_mask=gate, fp32_precision=precision)
+    if precision == "ieee":
+        assert launched == [((K, M), (M, N), gemm.MASK_B)]
+    else:
+        assert launched == [((N, M), (M, K), gemm.MASK_A)]
+    assert grad_b.shape == (K, N) and grad_b.is_contiguous()
+    tolerance = "tf32" if DEVICE == "cuda" and precision == "tf32" else "float32"
+    assert_close(grad_b, float64_product(a.T, grad_out, b_mask=gate), tolerance)
+
+
 def test_split_k_is_deterministic():
     a = make_operand(50, 300, torch.float32, DEVICE)
     b = make_operand(300, 20, torch.float32, DEVICE)
