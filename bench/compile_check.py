@@ -22,6 +22,9 @@ import re
 import sys
 
 
+HOPPER_SHARED_BYTES = 227 * 1024  # the most shared memory one program may use on sm_90
+
+
 def _resources(compiled) -> str:
     """Registers per thread and local (spill) bytes from cuobjdump, shared memory from Triton."""
     import subprocess
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--candidates", action="store_true",
                         help="also compile every autotuning candidate of a 4096^3 product (relu and "
-                             "masked-B variants) and report registers, spills and shared memory")
+                             "gated variants) and report registers, spills and shared memory")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each variant's resources")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -87,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(f"{name}: compiled, but `{expect_in_ptx}` is not in its PTX")
         if expect_in_ttgir and not re.search(expect_in_ttgir, compiled.asm["ttgir"]):
             failures.append(f"{name}: compiled, but /{expect_in_ttgir}/ is not in its TTGIR")
+        if compiled.metadata.shared > HOPPER_SHARED_BYTES:
+            failures.append(f"{name}: needs {compiled.metadata.shared // 1024} KiB of shared memory, "
+                            f"more than Hopper's {HOPPER_SHARED_BYTES // 1024} KiB: it cannot launch")
         if report or args.verbose:
             print(f"{name}: {_resources(compiled)}")
 
@@ -102,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         return types
 
     def gemm_constexprs(epilogue, mask_operand, precision, block_m, block_n, block_k, split_k=1,
-                        tma=False, a_t=False, b_t=False):
+                        tma=False, a_t=False, b_t=False, persistent=False):
         return dict(MASK_OPERAND=mask_operand, EPILOGUE=epilogue, LR_FROM_PTR=epilogue == "sgd",
                     REDUCE_PARTIALS=epilogue == "relu_mask", INPUT_PRECISION=precision,
                     BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=split_k,
-                    TMA=tma, A_STORED_T=a_t, B_STORED_T=b_t, GATE_STORED_T=False)
+                    TMA=tma, A_STORED_T=a_t, B_STORED_T=b_t, GATE_STORED_T=False, PERSISTENT=persistent)
 
     def tma_types(dtype, constexprs):
         """Pointer types, but a, b and the gate as tensor descriptors of their storage blocks."""
@@ -161,6 +167,25 @@ def main(argv: list[str] | None = None) -> int:
             check(f"gemm {dtype}/{precision} {epilogue} mask={mask_operand} 128x128 TMA a_t={a_t}",
                   gemm._matmul_kernel, constexprs, tma_types(dtype, constexprs), "cp.async.bulk.tensor",
                   options=dict(num_warps=8, num_stages=3))
+    # Persistent programs (a tile loop around the tile body; with TMA flattened, so the next
+    # tile's loads overlap the epilogue) in every epilogue. TMA ones are compiled as launched
+    # (aligned sizes; tf32 with a column-major B, `tuning.tma_pipelines`) and must keep wgmma in
+    # flight.
+    in_flight = r"warp_group_dot_wait[^{]*\{pendings = [1-9]"
+    for dtype, precision, block_k in (("bf16", None, 64), ("fp32", "tf32", 32), ("fp32", "ieee", 32)):
+        for epilogue, mask_operand, tma in (("relu", gemm.NO_MASK, False), ("relu", gemm.NO_MASK, True),
+                                            ("none", gemm.MASK_A, True), ("squared_error", gemm.NO_MASK, False),
+                                            ("relu_mask", gemm.NO_MASK, False), ("sgd", gemm.NO_MASK, False)):
+            b_t = tma and precision == "tf32"
+            constexprs = gemm_constexprs(epilogue, mask_operand, precision, 128, 128, block_k, tma=tma, b_t=b_t,
+                                         persistent=True)
+            if tma:
+                constexprs.update(stride_ak=1, stride_cn=1, **({"stride_bk": 1} if b_t else {"stride_bn": 1}),
+                                  **({"stride_gate_1": 1} if mask_operand else {}))
+            check(f"gemm {dtype}/{precision} {epilogue} mask={mask_operand} 128x128 persistent{' TMA' if tma else ''}",
+                  gemm._matmul_kernel, constexprs, tma_types(dtype, constexprs) if tma else gemm_types(dtype),
+                  "cp.async.bulk.tensor" if tma else None, options=dict(num_warps=8, num_stages=3),
+                  aligned_sizes=tma, expect_in_ttgir=in_flight if tma and precision != "ieee" else None)
     # 3xTF32: three tf32 products per fp32 dot, on tensor cores.
     check("gemm fp32/tf32x3 relu 128x128", gemm._matmul_kernel,
           gemm_constexprs("relu", gemm.NO_MASK, "tf32x3", 128, 128, 32), gemm_types("fp32"), "wgmma")
@@ -173,15 +198,21 @@ def main(argv: list[str] | None = None) -> int:
             for config in tuning.candidates(4096, 4096, 4096, torch_dtype, precision, 132, tma=True)[1:]:
                 tile = {k: config[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")}
                 options = dict(num_warps=config["num_warps"], num_stages=config["num_stages"])
-                tma = config.get("TMA", False)
-                for epilogue, mask_operand in (("relu", gemm.NO_MASK), ("none", gemm.MASK_B)):
-                    constexprs = gemm_constexprs(epilogue, mask_operand, precision, *tile.values(), tma=tma)
-                    constexprs.update(stride_ak=1, stride_bn=1, stride_cn=1,
+                tma, persistent = config.get("TMA", False), config.get("PERSISTENT", False)
+                b_t = tma and precision == "tf32"  # the layout tf32 TMA candidates are offered for
+                # The variants launched: gated A (backward), and gated B only with IEEE dots
+                # (on tensor cores it is launched transposed, gated A).
+                masks = (gemm.MASK_A, gemm.MASK_B) if precision == "ieee" else (gemm.MASK_A,)
+                for epilogue, mask_operand in (("relu", gemm.NO_MASK),) + tuple(("none", m) for m in masks):
+                    constexprs = gemm_constexprs(epilogue, mask_operand, precision, *tile.values(), tma=tma,
+                                                 b_t=b_t, persistent=persistent)
+                    constexprs.update(stride_ak=1, stride_cn=1, **({"stride_bk": 1} if b_t else {"stride_bn": 1}),
                                       **({"stride_gate_1": 1} if mask_operand else {}))
                     types = tma_types(dtype, constexprs) if tma else gemm_types(dtype)
                     check(f"candidate {dtype}/{precision} {epilogue} mask={mask_operand} "
                           f"{tile['BLOCK_M']}x{tile['BLOCK_N']}x{tile['BLOCK_K']} w{options['num_warps']} "
-                          f"s{options['num_stages']}{' TMA' if tma else ''}", gemm._matmul_kernel,
+                          f"s{options['num_stages']}{' TMA' if tma else ''}{' persistent' if persistent else ''}",
+                          gemm._matmul_kernel,
                           constexprs, types, options=options, report=True, aligned_sizes=True)
 
     for failure in failures:

@@ -13,7 +13,8 @@ Per (precision, M, N, K) three passes, each with every implementation:
                grad_out as they load it
     fwd+bwd    both of the above in sequence
 fusedgrad runs with its shape heuristic ("fusedgrad"), with autotuning ("fusedgrad-autotuned",
---autotune), and where the autotuner would try it, split over K ("fusedgrad-splitK<n>").
+--autotune), and where the autotuner would try them, split over K ("fusedgrad-splitK<n>") and
+as persistent programs with TMA loads ("fusedgrad-persistent<BLOCK_M>x<BLOCK_N>"), forward only.
 On tensor cores fusedgrad launches grad_b = a.T @ gated(grad_out) as its transpose (gated A);
 "fusedgrad-gate-B" launches it as written, to measure the difference.
 Each implementation's launches are captured in a CUDA graph and the replay is timed
@@ -199,10 +200,14 @@ def run_case(precision: str, shape: tuple[int, int, int], device: torch.device, 
     out = torch.relu(a @ b)
     configs = {"fusedgrad": None}
     if device.type == "cuda":
-        num_sms = tuning.multiprocessors(device.index or 0)
-        for config in tuning.candidates(M, N, K, dtype, gemm.input_precision(dtype), num_sms):
+        index = tuning.device_index(device)
+        num_sms = tuning.multiprocessors(index)
+        tma = tuning.has_tma(index) and tuning.tma_pipelines(a, b, gemm.input_precision(dtype))
+        for config in tuning.candidates(M, N, K, dtype, gemm.input_precision(dtype), num_sms, tma):
             if config["SPLIT_K"] > 1:
                 configs[f"fusedgrad-splitK{config['SPLIT_K']}"] = config
+            if config.get("PERSISTENT"):
+                configs[f"fusedgrad-persistent{config['BLOCK_M']}x{config['BLOCK_N']}"] = config
     autotune = args.autotune is not None and (not args.autotune or precision in args.autotune)
     # References in float64 (on the GPU: fast enough for the sweep), masked by the rounded `out`.
     a64, b64, g64 = a.double(), b.double(), grad_out.double()

@@ -22,13 +22,17 @@ explicit strides. Offsets are computed in int64, so operands beyond 2**31 elemen
 correctly. Squared-error partial sums go to one slot per program and are added up in index
 order by a later launch (REDUCE_PARTIALS), never with atomics: the loss is deterministic.
 
-Two launch options serve shapes the plain tiling serves badly (`kernels/tuning.py` chooses):
+Three launch options serve shapes the plain tiling serves badly (`kernels/tuning.py` chooses):
 SPLIT_K > 1 gives each output tile several programs, one per slice of K, for skinny long-K
 products that would otherwise fill a few multiprocessors; the last program of a tile to finish
 (an acq_rel counter) adds the partial tiles in slice order, so the sum is deterministic and the
 epilogues run unchanged, in one launch. TMA loads tiles through host tensor descriptors on
 Hopper instead of per-element pointers, trading a layout restriction (16-byte aligned rows) for
-fewer registers and hardware bounds checks.
+fewer registers and hardware bounds checks. PERSISTENT launches one program per multiprocessor
+that walks the tiles (`_matmul_tile` is the body either way), trading the hardware scheduler's
+fresh program per tile for overlap of one tile's epilogue with the next tile's TMA loads.
+(Warp-specialised schedules are not offered: Triton 3.6 and 3.9 ignore `tl.range(...,
+warp_specialize=True)` on sm_90; it is a Blackwell feature there.)
 
 The ATen reference of the plain GEMM (CPU fallback and test oracle) is
 `fusedgrad.matmul.matmul_reference`; the fused step's is `fusedgrad.step.train_step_reference`.
@@ -63,44 +67,24 @@ def _tma_block(desc, row, col, STORED_T: tl.constexpr):
 
 
 @triton.jit
-def _matmul_kernel(
-    # pointers
-    a_ptr, b_ptr, c_ptr,
-    gate_ptr,      # MASK_OPERAND: ReLU output shaped like the gated operand
-    aux_ptr,       # EPILOGUE: C-shaped; ReLU output (relu_mask), target (squared_error), parameter (sgd)
-    partials_ptr,  # squared_error: one fp32 partial sum per program
-    reduce_ptr,    # REDUCE_PARTIALS: partial sums of an earlier launch, folded into reduce_out_ptr
-    reduce_out_ptr,
-    lr_ptr,        # sgd with LR_FROM_PTR: the learning rate as a 0-d tensor
-    workspace_ptr,  # SPLIT_K > 1: fp32 partial tiles, (SPLIT_K, programs, BLOCK_M * BLOCK_N)
-    counter_ptr,    # SPLIT_K > 1: int32 per tile, 0 before the launch
-    # sizes
+def _matmul_tile(
+    tile,
+    a_ptr, b_ptr, c_ptr, gate_ptr, aux_ptr, partials_ptr, reduce_ptr, reduce_out_ptr, lr_ptr,
+    workspace_ptr, counter_ptr,
     M, N, K, num_reduce,
-    # strides
-    stride_am, stride_ak,
-    stride_bk, stride_bn,
-    stride_cm, stride_cn,
-    stride_gate_0, stride_gate_1,
+    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, stride_gate_0, stride_gate_1,
     stride_aux_m, stride_aux_n,
-    # scalars
-    scale,         # squared_error: the gradient is scale * (acc - target)
-    reduce_scale,  # REDUCE_PARTIALS: reduce_out = reduce_scale * sum(partials)
-    lr,            # sgd without LR_FROM_PTR
-    # meta-parameters
-    MASK_OPERAND: tl.constexpr,  # NO_MASK, MASK_A (gate is (M, K)) or MASK_B (gate is (K, N))
-    EPILOGUE: tl.constexpr,      # one of EPILOGUES
-    LR_FROM_PTR: tl.constexpr,
-    REDUCE_PARTIALS: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,  # "ieee", "tf32" or "tf32x3" for fp32 inputs; None for 16-bit
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
-    SPLIT_K: tl.constexpr,         # programs per output tile, each over a slice of K
-    TMA: tl.constexpr,             # a, b (and gate) are tensor descriptors, not pointers
-    A_STORED_T: tl.constexpr, B_STORED_T: tl.constexpr, GATE_STORED_T: tl.constexpr,  # TMA: which
-    # descriptors describe the transposed operand (its storage is column-major)
+    scale, reduce_scale, lr,
+    MASK_OPERAND: tl.constexpr, EPILOGUE: tl.constexpr, LR_FROM_PTR: tl.constexpr,
+    REDUCE_PARTIALS: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr, TMA: tl.constexpr,
+    A_STORED_T: tl.constexpr, B_STORED_T: tl.constexpr, GATE_STORED_T: tl.constexpr,
 ):
+    """Output tile `tile` (numbered in grouped order; with SPLIT_K, K slice tl.program_id(1) of
+    it): the K loop, then the epilogue. The other parameters are `_matmul_kernel`'s."""
+    pid = tile
     # Grouped ordering: GROUP_M consecutive row-blocks share each column-block of B in L2.
-    pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     num_pid_in_group = GROUP_M * num_pid_n
@@ -200,6 +184,74 @@ def _matmul_kernel(
                 tl.store(reduce_out_ptr, total.to(reduce_out_ptr.dtype.element_ty))
 
 
+@triton.jit
+def _matmul_kernel(
+    # pointers
+    a_ptr, b_ptr, c_ptr,
+    gate_ptr,      # MASK_OPERAND: ReLU output shaped like the gated operand
+    aux_ptr,       # EPILOGUE: C-shaped; ReLU output (relu_mask), target (squared_error), parameter (sgd)
+    partials_ptr,  # squared_error: one fp32 partial sum per output tile
+    reduce_ptr,    # REDUCE_PARTIALS: partial sums of an earlier launch, folded into reduce_out_ptr
+    reduce_out_ptr,
+    lr_ptr,        # sgd with LR_FROM_PTR: the learning rate as a 0-d tensor
+    workspace_ptr,  # SPLIT_K > 1: fp32 partial tiles, (SPLIT_K, programs, BLOCK_M * BLOCK_N)
+    counter_ptr,    # SPLIT_K > 1: int32 per tile, 0 before the launch
+    # sizes
+    M, N, K, num_reduce,
+    # strides
+    stride_am, stride_ak,
+    stride_bk, stride_bn,
+    stride_cm, stride_cn,
+    stride_gate_0, stride_gate_1,
+    stride_aux_m, stride_aux_n,
+    # scalars
+    scale,         # squared_error: the gradient is scale * (acc - target)
+    reduce_scale,  # REDUCE_PARTIALS: reduce_out = reduce_scale * sum(partials)
+    lr,            # sgd without LR_FROM_PTR
+    # meta-parameters
+    MASK_OPERAND: tl.constexpr,  # NO_MASK, MASK_A (gate is (M, K)) or MASK_B (gate is (K, N))
+    EPILOGUE: tl.constexpr,      # one of EPILOGUES
+    LR_FROM_PTR: tl.constexpr,
+    REDUCE_PARTIALS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,  # "ieee", "tf32" or "tf32x3" for fp32 inputs; None for 16-bit
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr,         # programs per output tile, each over a slice of K
+    TMA: tl.constexpr,             # a, b (and gate) are tensor descriptors, not pointers
+    A_STORED_T: tl.constexpr, B_STORED_T: tl.constexpr, GATE_STORED_T: tl.constexpr,  # TMA: which
+    # descriptors describe the transposed operand (its storage is column-major)
+    PERSISTENT: tl.constexpr,      # a resident grid (about one program per multiprocessor) walks
+    # the tiles, stepping by the grid size; SPLIT_K must be 1
+):
+    if PERSISTENT:
+        # With TMA, `flatten` pipelines across tiles: the next tile's first loads are issued
+        # during this tile's epilogue. With pointer loads it would cost the K loop its own
+        # pipelining (sm_90, Triton 3.6: bf16 wgmma then waits every K step), so not there.
+        num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+        for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0), flatten=TMA):
+            _matmul_tile(
+                tile,
+                a_ptr, b_ptr, c_ptr, gate_ptr, aux_ptr, partials_ptr, reduce_ptr, reduce_out_ptr, lr_ptr,
+                workspace_ptr, counter_ptr,
+                M, N, K, num_reduce,
+                stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, stride_gate_0, stride_gate_1,
+                stride_aux_m, stride_aux_n,
+                scale, reduce_scale, lr,
+                MASK_OPERAND, EPILOGUE, LR_FROM_PTR, REDUCE_PARTIALS, INPUT_PRECISION,
+                BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_K, TMA, A_STORED_T, B_STORED_T, GATE_STORED_T)
+    else:
+        _matmul_tile(
+            tl.program_id(0),
+            a_ptr, b_ptr, c_ptr, gate_ptr, aux_ptr, partials_ptr, reduce_ptr, reduce_out_ptr, lr_ptr,
+            workspace_ptr, counter_ptr,
+            M, N, K, num_reduce,
+            stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, stride_gate_0, stride_gate_1,
+            stride_aux_m, stride_aux_n,
+            scale, reduce_scale, lr,
+            MASK_OPERAND, EPILOGUE, LR_FROM_PTR, REDUCE_PARTIALS, INPUT_PRECISION,
+            BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_K, TMA, A_STORED_T, B_STORED_T, GATE_STORED_T)
+
+
 # True when Triton's interpreter (TRITON_INTERPRET=1 before triton was imported) runs the kernels.
 INTERPRETED = type(_matmul_kernel).__name__ == "InterpretedFunction"
 
@@ -293,10 +345,15 @@ def launch(
         return K > 0 and all(tma_layout(t) is not None for t in ((a, b) if gate is None else (a, b, gate)))
 
     def run(config, c, aux, partials, reduce_out):
-        config = {"GROUP_M": 8, "SPLIT_K": 1, "TMA": False, **config}
+        config = {"GROUP_M": 8, "SPLIT_K": 1, "TMA": False, "PERSISTENT": False, **config}
         split_k = config["SPLIT_K"]
         block_m, block_n, block_k = config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]
         tiles = tuning.cdiv(M, block_m) * tuning.cdiv(N, block_n)
+        programs = tiles
+        if config["PERSISTENT"]:
+            if split_k > 1:
+                raise ValueError(f"matmul: a persistent launch takes SPLIT_K 1, got config {config}")
+            programs = min(tiles, tuning.resident_programs(a.device))
         # TMA is a request: operands a descriptor cannot describe take the pointer path.
         config["TMA"] = tma = config["TMA"] and tma_ready()
         a_arg, b_arg, gate_arg = a, b, gate
@@ -319,7 +376,7 @@ def launch(
         gate_ = dummy if gate is None else gate
         aux = dummy if aux is None else aux
         c = aux if c is None else c
-        _matmul_kernel[(tiles, split_k)](
+        _matmul_kernel[(programs, split_k)](
             a_arg, b_arg, c, dummy if gate_arg is None else gate_arg, aux,
             dummy if partials is None else partials,
             dummy if reduce is None else reduce,
@@ -375,7 +432,8 @@ def matmul(
 
     a: (M, K), b: (K, N), any strides; a mask, when given, is a ReLU output shaped like the
     operand it gates. Returns a new contiguous (M, N) tensor of a's dtype. `config` overrides
-    the tile choice (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_K, TMA, num_warps, num_stages)
+    the tile choice (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_K, TMA, PERSISTENT, num_warps,
+    num_stages)
     of the product launched: (N, M) when a gated b is launched transposed
     (`gate_b_by_transposing`). `fp32_precision` ("ieee", "tf32", "tf32x3") overrides torch's
     setting for fp32 inputs.

@@ -1,12 +1,14 @@
 """Launch configurations of the GEMM kernel: a shape heuristic by default, an autotuner on request.
 
 A configuration is a dict of the kernel's tile meta-parameters (BLOCK_M, BLOCK_N, BLOCK_K,
-GROUP_M, SPLIT_K) and the launch options num_warps and num_stages.
+GROUP_M, SPLIT_K, and optionally TMA and PERSISTENT) and the launch options num_warps and
+num_stages.
 
 Heuristic (the default; no timing, no warm-up cost): the largest tile that still gives every
 multiprocessor a program, so a skinny product such as the tutorial's 64 x 100 output spreads
-over many multiprocessors instead of running on one; pointer loads, never split-K. Split-K and
-TMA loads are offered to the autotuner, which keeps them only where they measure faster.
+over many multiprocessors instead of running on one; pointer loads, never split-K, one program
+per tile. Split-K, TMA loads and persistent programs are offered to the autotuner, which keeps
+them only where they measure faster.
 
 Autotuning (opt in: FUSEDGRAD_AUTOTUNE=1, or `set_autotune(True)`): the first launch of a kernel
 variant in a shape bucket times every candidate configuration with
@@ -40,8 +42,9 @@ import triton
 ENV_VAR = "FUSEDGRAD_AUTOTUNE"
 # Part of every cache key: bump it when the kernel's meta-parameters or their meaning change, so
 # configs cached by an older fusedgrad are retuned instead of launched.
-SCHEMA = "gemm-v1"
-CONFIG_KEYS = frozenset({"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "SPLIT_K", "TMA", "num_warps", "num_stages"})
+SCHEMA = "gemm-v2"  # v2: PERSISTENT candidates; gated-B products launched transposed on tensor cores
+CONFIG_KEYS = frozenset({"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "SPLIT_K", "TMA", "PERSISTENT",
+                         "num_warps", "num_stages"})
 CACHE_ENV_VAR = "FUSEDGRAD_CACHE_DIR"
 
 # Tile shapes (BLOCK_M, BLOCK_N) of the heuristic, largest first; every block >= 16 (tl.dot's minimum).
@@ -63,6 +66,15 @@ LARGE_TILES = {
 }
 SPLIT_K_CHOICES = (2, 4, 8, 16)
 TMA_TWINS = 3  # large tiles also timed with TMA loads where the GPU has TMA
+# Persistent programs with TMA loads (flattened across tiles: the next tile's loads overlap this
+# tile's epilogue, at the cost of extra shared memory), per precision class; each fits 227 KiB
+# in every variant (`bench/compile_check.py --candidates`), which tf32's 128 x 256 does not.
+PERSISTENT_TILES = {
+    "16-bit": ((128, 256, 64, 8, 3), (128, 128, 64, 8, 3)),
+    "tf32": ((128, 256, 32, 8, 2), (128, 128, 32, 8, 3)),
+    "ieee": ((128, 128, 32, 8, 2),),
+}
+INTERPRETER_RESIDENT_PROGRAMS = 3  # a persistent launch's grid under the interpreter: tiles per program > 1
 INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, SPLIT_K=1, num_warps=4, num_stages=1)
 
 _autotune_override: bool | None = None
@@ -85,6 +97,14 @@ def multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def resident_programs(device: torch.device) -> int:
+    """A persistent launch's grid: one program per multiprocessor (the candidates' tiles fill a
+    multiprocessor's shared memory or registers on their own); a few under the interpreter."""
+    if device.type != "cuda":
+        return INTERPRETER_RESIDENT_PROGRAMS
+    return multiprocessors(device_index(device))
+
+
 @functools.lru_cache(maxsize=None)
 def has_tma(device_index: int) -> bool:
     """Hopper (sm_90) and later copy tiles with the tensor memory accelerator."""
@@ -105,6 +125,17 @@ def precision_class(dtype: torch.dtype, input_precision: str | None) -> str:
     if dtype != torch.float32:
         return "16-bit"
     return "ieee" if input_precision == "ieee" else "tf32"
+
+
+def tma_pipelines(a: torch.Tensor, b: torch.Tensor, input_precision: str | None) -> bool:
+    """Whether TMA loads of `a @ b` keep Hopper's wgmma pipelined. A TMA block lands in shared
+    memory in its storage layout, and tf32 wgmma reads both operands K-major from there, so for
+    tf32 (and 3xTF32) only A row-major with B column-major pipelines; any other layout costs a
+    register round trip and a wgmma wait every K step (sm_90 TTGIR, Triton 3.6 and 3.9).
+    16-bit wgmma takes either layout, and IEEE fp32 dots do not use wgmma."""
+    if precision_class(a.dtype, input_precision) != "tf32":
+        return True
+    return a.stride(1) == 1 and b.stride(0) == 1
 
 
 def cdiv(a: int, b: int) -> int:
@@ -145,9 +176,11 @@ def candidates(M: int, N: int, K: int, dtype: torch.dtype, input_precision: str 
                num_sms: int, tma: bool = False) -> list[dict]:
     """Every configuration the autotuner times for this shape: the heuristic's first; the large
     tiles of the precision class that fit the bucketed shape, and with `tma` (Hopper and
-    later) the first TMA_TWINS of them again with TMA loads; and, when the output has fewer
-    tiles than there are multiprocessors, the heuristic's tile split over K in 2 to 16 slices
-    of at least two K steps each (a long-K skinny product then fills the GPU)."""
+    later) the first TMA_TWINS of them again with TMA loads, and the PERSISTENT_TILES of the
+    class as persistent programs with TMA loads where there are more tiles than
+    multiprocessors; and, when the output has fewer tiles than there are multiprocessors, the
+    heuristic's tile split over K in 2 to 16 slices of at least two K steps each (a long-K
+    skinny product then fills the GPU)."""
     first = heuristic(M, N, K, dtype, num_sms)
     found = [first]
     large = []
@@ -158,6 +191,10 @@ def candidates(M: int, N: int, K: int, dtype: torch.dtype, input_precision: str 
     found += large
     if tma:
         found += [dict(config, TMA=True) for config in large[:TMA_TWINS]]
+        for block_m, block_n, block_k, num_warps, num_stages in PERSISTENT_TILES[precision_class(dtype, input_precision)]:
+            if cdiv(M, block_m) * cdiv(N, block_n) > num_sms and block_k <= bucket(K):
+                found.append(dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=1,
+                                  TMA=True, PERSISTENT=True, num_warps=num_warps, num_stages=num_stages))
     tiles = cdiv(M, first["BLOCK_M"]) * cdiv(N, first["BLOCK_N"])
     k_steps = cdiv(K, first["BLOCK_K"])
     for split_k in SPLIT_K_CHOICES:
@@ -291,6 +328,7 @@ def choose(a: torch.Tensor, b: torch.Tensor, variant: str, input_precision: str 
             if a.is_cuda:
                 torch.cuda.synchronize(a.device)  # time on an idle GPU, after the inputs are written
             index = device_index(a.device)
-            configs = candidates(M, N, K, a.dtype, input_precision, multiprocessors(index), has_tma(index))
+            tma = has_tma(index) and tma_pipelines(a, b, input_precision)
+            configs = candidates(M, N, K, a.dtype, input_precision, multiprocessors(index), tma)
             return TUNER.tune(tuned_key, configs, time_ms)
     return default(M, N, K, a.dtype, a.device, interpreted=interpreted)

@@ -1,7 +1,7 @@
 """Tier 2: the GEMM kernel under every launch configuration it may get: split-K (partial tiles
-summed in slice order by the tile's last program) in every epilogue, TMA loads, every autotuning
-candidate, and the fused step with all its GEMMs split. Interpreted on CPU, compiled on CUDA;
-oracle: float64 ATen.
+summed in slice order by the tile's last program) and persistent programs (each walks several
+tiles) in every epilogue, TMA loads, every autotuning candidate, and the fused step with all its
+GEMMs split or persistent. Interpreted on CPU, compiled on CUDA; oracle: float64 ATen.
 """
 
 import pytest
@@ -17,6 +17,10 @@ DEVICE = kernel_device()
 def split(split_k: int, block: int = 16, block_k: int = 16) -> dict:
     return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_K=block_k, GROUP_M=2, SPLIT_K=split_k,
                 num_warps=4, num_stages=2)
+
+
+def persistent(block: int = 16, **extra) -> dict:
+    return dict(split(1, block=block), PERSISTENT=True, **extra)
 
 
 def float64_product(a, b, a_mask=None, b_mask=None):
@@ -89,17 +93,19 @@ def test_split_k_is_deterministic():
     assert all(torch.equal(runs[0][finite], run[finite]) for run in runs[1:])
 
 
-def test_split_k_in_the_sgd_and_squared_error_epilogues():
-    """w -= lr * (a @ b) and (gradient, loss partials) computed from split-K accumulators."""
+@pytest.mark.parametrize("config", [split(4), persistent(block=16)], ids=["split-K", "persistent"])
+def test_sgd_and_squared_error_epilogues(config):
+    """w -= lr * (a @ b) and (gradient, loss partials) computed from split-K accumulators, or by
+    programs that each finish several tiles (45 x 24 in 16 x 16 tiles: 6 tiles, 3 programs)."""
     a = make_operand(45, 130, torch.float32, DEVICE, "transposed")
     b = make_operand(130, 24, torch.float32, DEVICE)
     weight = torch.randn(45, 24, device=DEVICE)
     expected = weight.double().cpu() - 0.01 * float64_product(a, b)
-    gemm.launch(a, b, None, epilogue="sgd", aux=weight, lr=0.01, config=split(4))
+    gemm.launch(a, b, None, epilogue="sgd", aux=weight, lr=0.01, config=config)
     assert_close(weight, expected, "float32")
 
     target = torch.randn(45, 24, device=DEVICE)
-    config, tiles = gemm.plan(45, 24, 130, torch.float32, a.device, split(3))
+    config, tiles = gemm.plan(45, 24, 130, torch.float32, a.device, config)
     grad, partials = torch.empty(45, 24, device=DEVICE), torch.empty(tiles, device=DEVICE)
     gemm.launch(a, b, grad, epilogue="squared_error", aux=target, partials=partials, scale=2.0, config=config)
     diff = float64_product(a, b) - target.double().cpu()
@@ -107,14 +113,15 @@ def test_split_k_in_the_sgd_and_squared_error_epilogues():
     torch.testing.assert_close(partials.double().sum().cpu(), diff.pow(2).sum(), rtol=1e-5, atol=0)
 
 
-def test_fused_step_with_every_gemm_split_over_k(monkeypatch):
-    """The fused step with split-K in its ReLU, ReLU-mask and both SGD GEMMs (the loss GEMM
-    keeps planned tiles) equals the ATen reference step."""
+@pytest.mark.parametrize("config", [split(4), persistent(block=16)], ids=["split-K", "persistent"])
+def test_fused_step_with_every_gemm_split_or_persistent(config, monkeypatch):
+    """The fused step with split-K or persistent programs in its ReLU, ReLU-mask and both SGD
+    GEMMs (the loss GEMM keeps planned tiles) equals the ATen reference step."""
     chosen = []
 
     def choose(a, b, variant, precision, **kwargs):
         chosen.append(variant)
-        return split(4)
+        return config
 
     monkeypatch.setattr(tuning, "choose", choose)
     x, y = torch.randn(24, 130, device=DEVICE), torch.randn(24, 6, device=DEVICE)
@@ -137,7 +144,8 @@ CANDIDATES = [(dtype, precision, config)
 
 @pytest.mark.parametrize("dtype, precision, config", CANDIDATES,
                          ids=[f"{str(d).removeprefix('torch.')}-{p}-{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']}"
-                              f"-split{c['SPLIT_K']}{'-tma' if c.get('TMA') else ''}" for d, p, c in CANDIDATES])
+                              f"-split{c['SPLIT_K']}{'-tma' if c.get('TMA') else ''}"
+                              f"{'-persistent' if c.get('PERSISTENT') else ''}" for d, p, c in CANDIDATES])
 def test_every_autotuning_candidate_is_correct(dtype, precision, config):
     """Each configuration the autotuner may pick, forward (ReLU) and both masked backward
     variants, on a shape that is a multiple of no block size but keeps rows 16-byte aligned, so
@@ -156,6 +164,40 @@ def test_every_autotuning_candidate_is_correct(dtype, precision, config):
     assert_close(out, float64_product(a, b).relu(), tolerance)
     assert_close(grad_a, ref_a, tolerance)
     assert_close(grad_b, ref_b, tolerance)
+
+
+@pytest.mark.parametrize("variant", ["relu", "mask_a", "mask_b", "tma"])
+def test_persistent_programs_walk_every_tile(variant, monkeypatch):
+    """A persistent launch has fewer programs than tiles (3 under the interpreter, one per
+    multiprocessor on a GPU): 40 x 44 in 16 x 16 tiles is 9 tiles, ragged at the edges, so each
+    program computes three (on a GPU, tiles <= programs and this is one tile each)."""
+    grids = []
+    kernel = gemm._matmul_kernel
+
+    class RecordingGrid:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(gemm, "_matmul_kernel", RecordingGrid())
+    M, K, N = 40, 152, 44
+    a, b = make_operand(M, K, torch.float32, DEVICE), make_operand(K, N, torch.float32, DEVICE, "transposed")
+    masks = {}
+    if variant == "mask_a":
+        masks["a_relu_mask"] = torch.randn(M, K, device=DEVICE)
+    if variant == "mask_b":
+        masks["b_relu_mask"] = torch.randn(K, N, device=DEVICE)  # IEEE fp32: launched as written
+    config = persistent(TMA=variant == "tma")
+    out = gemm.matmul(a, b, relu=variant in ("relu", "tma"), config=config, fp32_precision="ieee", **masks)
+    reference = float64_product(a, b, masks.get("a_relu_mask"), masks.get("b_relu_mask"))
+    assert_close(out, reference.relu() if variant in ("relu", "tma") else reference, "float32")
+    assert grids == [(min(9, tuning.resident_programs(a.device)), 1)]
+
+
+def test_persistent_launch_refuses_split_k():
+    a, b = torch.randn(20, 30, device=DEVICE), torch.randn(30, 20, device=DEVICE)
+    with pytest.raises(ValueError, match="persistent launch takes SPLIT_K 1"):
+        gemm.matmul(a, b, config=dict(split(2), PERSISTENT=True))
 
 
 def test_fp32_precision_is_checked():

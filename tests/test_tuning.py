@@ -59,9 +59,28 @@ def test_candidates():
     assert sorted(c["SPLIT_K"] for c in skinny if c["SPLIT_K"] > 1) == [2, 4, 8]  # 16 K steps of 64
     assert all(c["BLOCK_M"] <= 64 for c in skinny)  # no tile beyond the bucketed shape
     with_tma = tuning.candidates(4096, 4096, 4096, torch.bfloat16, None, SMS, tma=True)
-    twins = [c for c in with_tma if c.get("TMA")]
+    twins = [c for c in with_tma if c.get("TMA") and not c.get("PERSISTENT")]
     assert len(twins) == tuning.TMA_TWINS and all(dict(c, TMA=False) != c for c in twins)
+    persistent = [c for c in with_tma if c.get("PERSISTENT")]
+    assert len(persistent) == len(tuning.PERSISTENT_TILES["16-bit"]) and all(c["TMA"] for c in persistent)
     assert [dict(c) for c in with_tma if not c.get("TMA")] == large
+    # Persistent programs only where there are more tiles than multiprocessors.
+    assert not any(c.get("PERSISTENT") for c in tuning.candidates(1024, 1024, 4096, torch.bfloat16, None, SMS, tma=True))
+
+
+@pytest.mark.parametrize("precision, layout_a, layout_b, expected", [
+    ("tf32", "row", "col", True), ("tf32", "row", "row", False), ("tf32", "col", "col", False),
+    ("tf32x3", "row", "row", False), ("ieee", "row", "row", True), (None, "col", "row", True)])
+def test_tma_is_offered_only_where_wgmma_stays_pipelined(compiled_gpu, precision, layout_a, layout_b, expected):
+    """tf32 wgmma reads both operands K-major from shared memory, where a TMA block keeps its
+    storage layout: TMA candidates for tf32 need A row-major and B column-major."""
+    dtype = torch.bfloat16 if precision is None else torch.float32
+    a = torch.empty(4096, 4096, dtype=dtype) if layout_a == "row" else torch.empty(4096, 4096, dtype=dtype).T
+    b = torch.empty(4096, 4096, dtype=dtype) if layout_b == "row" else torch.empty(4096, 4096, dtype=dtype).T
+    assert tuning.tma_pipelines(a, b, precision) == expected
+    calls = []
+    tuning.choose(a, b, "relu mask=0", precision, interpreted=False, time_ms=fake_clock({}, calls))
+    assert any(c.get("TMA") for c in calls) == expected
 
 
 def test_buckets_share_a_key_and_layouts_do_not():
