@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: install this checkout, then run the stages named in $STAGES
 # (default: all, in this order), writing logs and JSON to the folder given ($1), at most 8 files:
-#   tests    every test tier, compiled (tier 3 included)                  pytest.log      ~4 min
+#   tests    every test tier, compiled (tier 3 included)                  pytest.log      ~4-6 min
 #   train    the trainer: fused step + graph, autograd ops, reference     train.json      ~30 s
 #   launch   kernels and host launch calls per step, by mode             launch_count.json
 #   kernels  bench/kernels.py --quick, autotuned in bf16                  kernels.json    ~4-6 min
@@ -20,7 +20,7 @@ python3 -c "import sys, torch, triton; print(sys.version); print('torch', torch.
 python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3
 if [[ $stages == *" tests "* ]]; then
   parallel=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
-  timeout 270 python3 -m pytest -q -rs $parallel 2>&1 | tee "$out/pytest.log" | tail -15
+  timeout 360 python3 -m pytest -q -rs $parallel 2>&1 | tee "$out/pytest.log" | tail -15
 fi
 if [[ $stages == *" train "* ]]; then
   for variant in "step_graph:" "autograd:--mode autograd" "reference:--reference"; do
