@@ -8,6 +8,9 @@ tutorial's size, so every microsecond the launcher spends choosing tiles and pac
 counts five times a step. This replaces the compiled kernel with a stub that takes the same
 arguments and does nothing, pretends to be a 132-multiprocessor GPU, and times
 `fusedgrad.kernels.gemm.launch` for the tutorial's five GEMM shapes (median of repeats).
+For the installed fusedgrad (no --kernels-dir) it also times whole tutorial steps with every
+Triton kernel stubbed: the autograd ops' step (mm_relu, mm, mse_loss, backward, SGD step,
+zero_grad) and the fused step: all the host work of a step except Triton's own launches.
 """
 
 from __future__ import annotations
@@ -34,6 +37,32 @@ def load_gemm(kernels_dir: str | None):
     sys.modules["kernels_under_test"] = package
     spec.loader.exec_module(package)
     return sys.modules["kernels_under_test.gemm"]
+
+
+def step_rows(gemm, number: int) -> list[dict]:
+    """Host µs per tutorial step, autograd ops and fused step, with every kernel stubbed."""
+    import fusedgrad
+    from fusedgrad.kernels import mse_loss, sgd
+    from fusedgrad.train import _autograd_step
+
+    class StubKernel:
+        def __getitem__(self, grid):
+            return lambda *args, **meta: None
+
+    mse_loss._squared_error_kernel = sgd._sgd_kernel = StubKernel()
+    x, y = torch.randn(64, 1000), torch.randn(64, 10)
+    w1, w2 = torch.randn(1000, 100, requires_grad=True), torch.randn(100, 10, requires_grad=True)
+    optimizer = fusedgrad.optim.SGD([w1, w2], lr=1e-6)
+    steps = {"autograd step (mm_relu, mm, mse_loss, backward, SGD)": lambda: _autograd_step(x, y, w1, w2, optimizer),
+             "fused step (fusedgrad.train_step)": lambda: fusedgrad.train_step(x, y, w1.detach(), w2.detach(), 1e-6)}
+    rows = []
+    with fusedgrad.backend("triton"):
+        for name, step in steps.items():
+            step()
+            runs = timeit.repeat(step, number=number, repeat=5)
+            rows.append({"step": name, "us_per_step": 1e6 * statistics.median(runs) / number})
+            print(f"{name:56s} {rows[-1]['us_per_step']:6.1f} µs", flush=True)
+    return rows
 
 
 def main() -> int:
@@ -70,6 +99,8 @@ def main() -> int:
         runs = timeit.repeat(lambda: gemm.launch(a, b, c, **kwargs), number=args.number, repeat=5)
         rows.append({"gemm": name, "us_per_launch": 1e6 * statistics.median(runs) / args.number})
         print(f"{name:24s} {rows[-1]['us_per_launch']:6.1f} µs", flush=True)
+    if args.kernels_dir is None:
+        rows += step_rows(gemm, args.number // 4)
     write_result(args.json, {"rows": rows, "kernels_dir": args.kernels_dir}, torch.device("cpu"))
     return 0
 

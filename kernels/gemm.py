@@ -259,15 +259,19 @@ INTERPRETED = type(_matmul_kernel).__name__ == "InterpretedFunction"
 FP32_PRECISIONS = ("ieee", "tf32", "tf32x3")
 
 
+def check_fp32_precision(fp32_precision: str | None) -> None:
+    if fp32_precision is not None and fp32_precision not in FP32_PRECISIONS:
+        raise ValueError(f"fp32 precision {fp32_precision!r} is not one of {FP32_PRECISIONS}")
+
+
 def input_precision(dtype: torch.dtype, fp32_precision: str | None = None) -> str | None:
     """tl.dot's input_precision for `dtype`: None for 16-bit inputs; for fp32, `fp32_precision`
     when given ("tf32x3": three tf32 products, near-fp32 accuracy on tensor cores), else torch's
     fp32 matmul setting, as cuBLAS follows it."""
+    check_fp32_precision(fp32_precision)
     if dtype != torch.float32:
         return None
     if fp32_precision is not None:
-        if fp32_precision not in FP32_PRECISIONS:
-            raise ValueError(f"fp32 precision {fp32_precision!r} is not one of {FP32_PRECISIONS}")
         return fp32_precision
     matmul = torch.backends.cuda.matmul
     precision = getattr(matmul, "fp32_precision", None)
@@ -376,6 +380,10 @@ def launch(
         gate_ = dummy if gate is None else gate
         aux = dummy if aux is None else aux
         c = aux if c is None else c
+        # One stride() call per tensor: this runs on every launch, and host time is the bound
+        # at small sizes.
+        (stride_am, stride_ak), (stride_bk, stride_bn), (stride_cm, stride_cn) = a.stride(), b.stride(), c.stride()
+        (stride_gate_0, stride_gate_1), (stride_aux_m, stride_aux_n) = gate_.stride(), aux.stride()
         _matmul_kernel[(programs, split_k)](
             a_arg, b_arg, c, dummy if gate_arg is None else gate_arg, aux,
             dummy if partials is None else partials,
@@ -384,11 +392,11 @@ def launch(
             lr if lr_from_ptr else dummy,
             workspace, counters,
             M, N, K, 0 if reduce is None else reduce.numel(),
-            a.stride(0), a.stride(1),
-            b.stride(0), b.stride(1),
-            c.stride(0), c.stride(1),
-            gate_.stride(0), gate_.stride(1),
-            aux.stride(0), aux.stride(1),
+            stride_am, stride_ak,
+            stride_bk, stride_bn,
+            stride_cm, stride_cn,
+            stride_gate_0, stride_gate_1,
+            stride_aux_m, stride_aux_n,
             float(scale), float(reduce_scale), 0.0 if lr_from_ptr else float(lr),
             MASK_OPERAND=mask_operand,
             EPILOGUE=epilogue,
@@ -411,10 +419,8 @@ def launch(
                                                  rep=20, return_mode="median")
 
     if config is None:
-        variant = f"{epilogue} mask={mask_operand}"
-        if tuning.autotune_enabled() and tma_ready():
-            variant += " tma"  # TMA-capable operands: their own tuned entry
-        config = tuning.choose(a, b, variant, precision, interpreted=INTERPRETED, time_ms=time_ms)
+        config = tuning.choose(a, b, f"{epilogue} mask={mask_operand}", precision, interpreted=INTERPRETED,
+                               time_ms=time_ms, tma_ready=tma_ready)
     run(config, c, aux, partials, reduce_out)
 
 
@@ -448,7 +454,7 @@ def matmul(
         raise TypeError(f"matmul: Triton kernels take {SUPPORTED_DTYPES}, got {a.dtype}")
     if a_relu_mask is not None and b_relu_mask is not None:
         raise ValueError("matmul: mask one operand at most")
-    input_precision(a.dtype, fp32_precision)  # raises on an unknown precision
+    check_fp32_precision(fp32_precision)
     mask_operand, gate, gated = NO_MASK, None, None
     if a_relu_mask is not None:
         mask_operand, gate, gated = MASK_A, a_relu_mask, a

@@ -314,13 +314,17 @@ def default(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device, *,
 
 
 def choose(a: torch.Tensor, b: torch.Tensor, variant: str, input_precision: str | None, *,
-           interpreted: bool, time_ms: Callable[[dict], float] | None = None) -> dict:
+           interpreted: bool, time_ms: Callable[[dict], float] | None = None,
+           tma_ready: Callable[[], bool] | None = None) -> dict:
     """The configuration for `a @ b` in kernel variant `variant`: the interpreter's, the
     heuristic's, or, with autotuning on, a tuned one (timed now with `time_ms` if the bucket is
-    new, unless a CUDA graph is being captured)."""
+    new, unless a CUDA graph is being captured). `tma_ready()` says whether TMA descriptors can
+    describe the operands: such launches are tuned under their own key, with TMA candidates on
+    Hopper where the layouts keep wgmma pipelined."""
     (M, K), N = a.shape, b.shape[1]
     if not interpreted and autotune_enabled():
-        tuned_key = key(a, b, variant, input_precision)
+        tma = tma_ready is not None and tma_ready()
+        tuned_key = key(a, b, variant + (" tma" if tma else ""), input_precision)
         config = TUNER.lookup(tuned_key)
         if config is not None:
             return config
@@ -328,7 +332,7 @@ def choose(a: torch.Tensor, b: torch.Tensor, variant: str, input_precision: str 
             if a.is_cuda:
                 torch.cuda.synchronize(a.device)  # time on an idle GPU, after the inputs are written
             index = device_index(a.device)
-            tma = has_tma(index) and tma_pipelines(a, b, input_precision)
+            tma = tma and has_tma(index) and tma_pipelines(a, b, input_precision)
             configs = candidates(M, N, K, a.dtype, input_precision, multiprocessors(index), tma)
             return TUNER.tune(tuned_key, configs, time_ms)
     return default(M, N, K, a.dtype, a.device, interpreted=interpreted)

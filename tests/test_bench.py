@@ -88,4 +88,7 @@ def test_launcher_cost_script(tmp_path):
                              "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())["rows"]
-    assert len(rows) == 5 and all(0 < row["us_per_launch"] < 1e4 for row in rows)
+    launches, steps = rows[:5], rows[5:]
+    assert all(0 < row["us_per_launch"] < 1e4 for row in launches)
+    assert [row["step"].split()[0] for row in steps] == ["autograd", "fused"]
+    assert all(0 < row["us_per_step"] < 1e5 for row in steps)

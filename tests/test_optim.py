@@ -41,6 +41,21 @@ def test_matches_torch_sgd(backend, device, tensor_lr):
         assert p.grad is None  # zero_grad sets to None, as torch's does
 
 
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph")
+def test_zero_grad_without_set_to_none_zeroes_in_place_like_torch():
+    """Gradients kept, zeroed in place and cut from any graph (one made with create_graph)."""
+    params, twins = make_params("cpu")
+    for group in (params, twins):
+        loss = sum((p * p).sum() for p in group)
+        loss.backward(create_graph=True)  # gradients with a grad_fn
+    grads = [p.grad for p in params]
+    SGD(params, lr=0.1).zero_grad(set_to_none=False)
+    torch.optim.SGD(twins, lr=0.1).zero_grad(set_to_none=False)
+    for p, q, grad in zip(params, twins, grads):
+        assert p.grad is grad and not p.grad.any() and p.grad.grad_fn is None and not p.grad.requires_grad
+        assert q.grad.grad_fn is None and not q.grad.requires_grad and not q.grad.any()
+
+
 @pytest.mark.parametrize("backend, device", BACKENDS, ids=["aten", "triton"])
 def test_parameters_without_gradient_are_left_alone(backend, device):
     params, _ = make_params(device)

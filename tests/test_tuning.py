@@ -79,7 +79,8 @@ def test_tma_is_offered_only_where_wgmma_stays_pipelined(compiled_gpu, precision
     b = torch.empty(4096, 4096, dtype=dtype) if layout_b == "row" else torch.empty(4096, 4096, dtype=dtype).T
     assert tuning.tma_pipelines(a, b, precision) == expected
     calls = []
-    tuning.choose(a, b, "relu mask=0", precision, interpreted=False, time_ms=fake_clock({}, calls))
+    tuning.choose(a, b, "relu mask=0", precision, interpreted=False, time_ms=fake_clock({}, calls),
+                  tma_ready=lambda: True)
     assert any(c.get("TMA") for c in calls) == expected
 
 
@@ -98,13 +99,20 @@ def test_autotune_times_once_per_bucket_and_writes_the_cache(compiled_gpu):
     configs = tuning.candidates(64, 100, 1000, torch.float32, "ieee", SMS, tma=True)
     fastest = configs[2]
     calls = []
-    chosen = tuning.choose(a, b, "relu mask=0", "ieee", interpreted=False, time_ms=fake_clock(fastest, calls))
+    chosen = tuning.choose(a, b, "relu mask=0", "ieee", interpreted=False, time_ms=fake_clock(fastest, calls),
+                           tma_ready=lambda: True)
     assert chosen == fastest and calls == configs
     again = tuning.choose(*operands(60, 900, 90), "relu mask=0", "ieee", interpreted=False,
-                          time_ms=fake_clock(fastest, calls))
+                          time_ms=fake_clock(fastest, calls), tma_ready=lambda: True)
     assert again == fastest and calls == configs  # same bucket: nothing timed again
-    entry = json.loads(compiled_gpu.read_text())[tuning.key(a, b, "relu mask=0", "ieee")]
+    entry = json.loads(compiled_gpu.read_text())[tuning.key(a, b, "relu mask=0 tma", "ieee")]
     assert entry["config"] == fastest and entry["ms"] == 1.0 and len(entry["timed"]) == len(calls)
+    # Operands TMA cannot describe: their own entry, and no TMA candidate timed.
+    pointer_calls = []
+    tuning.choose(a, b, "relu mask=0", "ieee", interpreted=False, time_ms=fake_clock(fastest, pointer_calls),
+                  tma_ready=lambda: False)
+    assert pointer_calls and not any(c.get("TMA") for c in pointer_calls)
+    assert tuning.key(a, b, "relu mask=0", "ieee") in json.loads(compiled_gpu.read_text())
 
 
 def test_tuned_configs_survive_the_process(compiled_gpu):
