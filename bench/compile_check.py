@@ -67,11 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         product), which is what lets Triton vectorise loads and pipeline them with cp.async."""
         names = list(inspect.signature(kernel.fn).parameters)
         signature = {name: "constexpr" if name in constexprs else types(name) for name in names}
-        aligned = [i for i, name in enumerate(names) if name not in constexprs and (
+        aligned = [(i,) for i, name in enumerate(names) if name not in constexprs and (
             name.endswith("_ptr") or aligned_sizes and (name.startswith("stride") or name in "MNK"))]
+        # A tuple argument (the SGD kernel's tensors) has a type per element; its pointers are aligned.
+        aligned += [(i, j) for i, name in enumerate(names) if isinstance(signature[name], tuple)
+                    for j, element in enumerate(signature[name]) if element.startswith("*")]
         source = ASTSource(fn=kernel, signature=signature,
                            constexprs={(names.index(k),): v for k, v in constexprs.items()},
-                           attrs={(i,): [["tt.divisibility", 16]] for i in aligned})
+                           attrs={path: [["tt.divisibility", 16]] for path in aligned})
         return triton_compile(source, target=target, options=options)
 
     failures, checked = [], 0
@@ -145,8 +148,12 @@ def main(argv: list[str] | None = None) -> int:
             check(f"gemm {dtype}/{precision} {epilogue} mask={mask_operand} 16x16 split-K 4",
                   gemm._matmul_kernel, gemm_constexprs(epilogue, mask_operand, precision, 16, 16, 64, 4),
                   types, "atom.global.gpu.acq_rel")
-        check(f"sgd {dtype}", sgd._sgd_kernel, dict(LR_FROM_PTR=True, BLOCK=sgd.BLOCK),
-              lambda n, d=dtype: "fp32" if n == "lr" else ("*fp32" if n == "lr_ptr" else f"*{d}" if n == "like_ptr" else "*i64"))
+        # SGD over the tutorial's two parameters (tuples of two pointers, three block starts).
+        sgd_types = {"params": (f"*{dtype}",) * 2, "grads": (f"*{dtype}",) * 2, "lr_ptr": "*fp32",
+                     "block_starts": ("i32",) * 3, "numels": ("i32",) * 2, "lr": "fp32"}
+        for lr_from_ptr in (True, False):
+            check(f"sgd {dtype} lr from {'a tensor' if lr_from_ptr else 'a float'}", sgd._sgd_kernel,
+                  dict(LR_FROM_PTR=lr_from_ptr, BLOCK=sgd.BLOCK), sgd_types.__getitem__)
         check(f"squared error {dtype}", mse_loss._squared_error_kernel, dict(BLOCK=mse_loss.BLOCK),
               lambda n, d=dtype: f"*{d}" if n.endswith("_ptr") and n != "out_ptr" else
               ("*fp32" if n == "out_ptr" else "fp32" if n.startswith("scale") else "i32"))

@@ -28,7 +28,6 @@ class SGD(torch.optim.Optimizer):
         elif not lr >= 0:
             raise ValueError(f"SGD: lr must be >= 0, got {lr}")
         super().__init__(params, dict(lr=lr))
-        self._launchers: dict = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for group in self.param_groups:
@@ -50,7 +49,7 @@ class SGD(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for index, group in enumerate(self.param_groups):
+        for group in self.param_groups:
             lr = group["lr"]
             buckets: dict = defaultdict(lambda: ([], []))  # (device, dtype, backend) -> params, grads
             for param in group["params"]:
@@ -67,9 +66,7 @@ class SGD(torch.optim.Optimizer):
                 if isinstance(lr, torch.Tensor) and lr.device != device:
                     raise ValueError(f"SGD: lr is on {lr.device}, parameters on {device}")
                 if backend == "triton":
-                    launcher = self._launchers.setdefault((index, device, dtype),
-                                                          dispatch.load_kernels().SGDLauncher())
-                    launcher.step(params, grads, lr)
+                    dispatch.load_kernels().sgd_step(params, grads, lr)
                 elif isinstance(lr, torch.Tensor):
                     torch._foreach_sub_(params, torch._foreach_mul(grads, lr))
                 else:

@@ -5,7 +5,7 @@ Importing this package imports triton; `fusedgrad` imports it only when a Triton
 
 from .gemm import INTERPRETED, SUPPORTED_DTYPES, matmul
 from .mse_loss import mse_loss_and_grad
-from .sgd import SGDLauncher
+from .sgd import sgd_step
 from .train_step import two_layer_sgd_step
 
-__all__ = ["INTERPRETED", "SUPPORTED_DTYPES", "SGDLauncher", "matmul", "mse_loss_and_grad", "two_layer_sgd_step"]
+__all__ = ["INTERPRETED", "SUPPORTED_DTYPES", "matmul", "mse_loss_and_grad", "sgd_step", "two_layer_sgd_step"]

@@ -1,4 +1,4 @@
-"""Shared test helpers: tolerances, the kernel device, operand layouts, a float64 oracle."""
+"""Shared test helpers: tolerances, the kernel device, operand layouts, a float64 oracle, launch grids."""
 
 import torch
 
@@ -59,3 +59,17 @@ def relu_matmul_float64(a: torch.Tensor, b: torch.Tensor, grad_out: torch.Tensor
     else:
         out.backward(grad)
     return out.detach(), a64.grad, b64.grad
+
+
+def record_grids(monkeypatch, module, name: str) -> list:
+    """Launch `module.name` (a Triton kernel) as usual, recording each launch's grid."""
+    grids = []
+    kernel = getattr(module, name)
+
+    class RecordingGrid:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(module, name, RecordingGrid())
+    return grids

@@ -9,7 +9,7 @@ import torch
 
 import fusedgrad
 from fusedgrad.kernels import gemm, tuning
-from helpers import assert_close, kernel_device, make_operand, relu_matmul_float64
+from helpers import assert_close, kernel_device, make_operand, record_grids, relu_matmul_float64
 
 DEVICE = kernel_device()
 
@@ -21,6 +21,12 @@ def split(split_k: int, block: int = 16, block_k: int = 16) -> dict:
 
 def persistent(block: int = 16, **extra) -> dict:
     return dict(split(1, block=block), PERSISTENT=True, **extra)
+
+
+@pytest.fixture(autouse=True)
+def three_resident_programs(monkeypatch):
+    """Persistent launches get 3 programs, on a GPU too, so each walks several tiles."""
+    monkeypatch.setattr(tuning, "resident_programs", lambda device: 3)
 
 
 def float64_product(a, b, a_mask=None, b_mask=None):
@@ -168,18 +174,10 @@ def test_every_autotuning_candidate_is_correct(dtype, precision, config):
 
 @pytest.mark.parametrize("variant", ["relu", "mask_a", "mask_b", "tma"])
 def test_persistent_programs_walk_every_tile(variant, monkeypatch):
-    """A persistent launch has fewer programs than tiles (3 under the interpreter, one per
-    multiprocessor on a GPU): 40 x 44 in 16 x 16 tiles is 9 tiles, ragged at the edges, so each
-    program computes three (on a GPU, tiles <= programs and this is one tile each)."""
-    grids = []
-    kernel = gemm._matmul_kernel
-
-    class RecordingGrid:
-        def __getitem__(self, grid):
-            grids.append(grid)
-            return kernel[grid]
-
-    monkeypatch.setattr(gemm, "_matmul_kernel", RecordingGrid())
+    """A persistent launch has fewer programs than tiles (one per multiprocessor; 3 here, on
+    the GPU too): 40 x 44 in 16 x 16 tiles is 9 tiles, ragged at the edges, so each program
+    computes three."""
+    grids = record_grids(monkeypatch, gemm, "_matmul_kernel")
     M, K, N = 40, 152, 44
     a, b = make_operand(M, K, torch.float32, DEVICE), make_operand(K, N, torch.float32, DEVICE, "transposed")
     masks = {}
@@ -191,7 +189,7 @@ def test_persistent_programs_walk_every_tile(variant, monkeypatch):
     out = gemm.matmul(a, b, relu=variant in ("relu", "tma"), config=config, fp32_precision="ieee", **masks)
     reference = float64_product(a, b, masks.get("a_relu_mask"), masks.get("b_relu_mask"))
     assert_close(out, reference.relu() if variant in ("relu", "tma") else reference, "float32")
-    assert grids == [(min(9, tuning.resident_programs(a.device)), 1)]
+    assert grids == [(3, 1)]
 
 
 def test_persistent_launch_refuses_split_k():

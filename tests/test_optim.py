@@ -5,7 +5,7 @@ import torch
 
 import fusedgrad
 from fusedgrad.optim import SGD
-from helpers import kernel_device
+from helpers import kernel_device, record_grids
 
 BACKENDS = [("aten", "cpu"), ("triton", kernel_device())]
 SHAPES = [(100, 100), (10,), (5000,), (3, 4, 5)]  # 5000 > one block of 4096
@@ -68,18 +68,33 @@ def test_parameters_without_gradient_are_left_alone(backend, device):
 
 
 def test_one_launch_for_all_parameters_and_new_addresses(monkeypatch):
-    kernels = fusedgrad.dispatch.load_kernels()
-    launches = []
-    original = kernels.SGDLauncher.step
-    monkeypatch.setattr(kernels.SGDLauncher, "step", lambda self, *a: (launches.append(a), original(self, *a)))
+    """Fresh gradient tensors every step (new addresses) and one kernel launch per step."""
+    from fusedgrad.kernels import sgd
+    grids = record_grids(monkeypatch, sgd, "_sgd_kernel")
     params, twins = make_params(kernel_device())
     ours, theirs = SGD(params, lr=0.1), torch.optim.SGD(twins, lr=0.1)
     with fusedgrad.backend("triton"):
-        for _ in range(2):  # fresh gradient tensors every step: the address table must follow
+        for _ in range(2):
             fill_grads(params, twins)
             ours.step()
             theirs.step()
-    assert len(launches) == 2 and all(len(params_) == 4 for params_, _, _ in launches)
+    blocks = sum(-(-p.numel() // sgd.BLOCK) for p in params)  # 3 + 1 + 2 + 1
+    assert grids == [(blocks,), (blocks,)]
+    for p, q in zip(params, twins):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+
+
+def test_more_parameters_than_one_launch_takes(monkeypatch):
+    """MAX_TENSORS per launch (2 here): five parameters, one of them empty, in three launches."""
+    from fusedgrad.kernels import sgd
+    monkeypatch.setattr(sgd, "MAX_TENSORS", 2)
+    device = kernel_device()
+    params = [torch.randn(n, device=device, requires_grad=True) for n in (5, 4097, 1, 300, 0)]
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    fill_grads(params, twins)
+    with fusedgrad.backend("triton"):
+        SGD(params, lr=torch.tensor(0.25, device=device)).step()
+    torch.optim.SGD(twins, lr=0.25).step()
     for p, q in zip(params, twins):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
 
