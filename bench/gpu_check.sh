@@ -4,7 +4,7 @@
 #   tests    every test tier, compiled (tier 3 included)                  pytest.log      ~4-6 min
 #   train    the trainer: fused step + graph, autograd ops, reference     train.json      ~30 s
 #   launch   kernels and host launch calls per step, by mode             launch_count.json
-#   kernels  bench/kernels.py --quick, autotuned in bf16                  kernels.json    ~4-6 min
+#   kernels  bench/kernels.py --quick, autotuned in bf16                  kernels.json    ~5-8 min
 #   bench    bench/run.py --quick                                         bench_quick.json/.png ~3 min
 # All stages together exceed one 10-minute call: split them, e.g. STAGES="tests train launch"
 # then STAGES="kernels" on the same warm machine, and "bench" if device time remains.
@@ -40,7 +40,7 @@ if [[ $stages == *" launch "* ]]; then
   python3 bench/launch_count.py --json "$out/launch_count.json"
 fi
 if [[ $stages == *" kernels "* ]]; then
-  timeout 420 python3 bench/kernels.py --quick --autotune bf16 --json "$out/kernels.json" | tail -40
+  timeout 540 python3 bench/kernels.py --quick --autotune bf16 --json "$out/kernels.json" | tail -40
 fi
 if [[ $stages == *" bench "* ]]; then
   timeout 170 python3 bench/run.py --quick --json "$out/bench_quick.json" --plot "$out/bench_quick.png"
