@@ -23,10 +23,12 @@ import sys
 
 
 HOPPER_SHARED_BYTES = 227 * 1024  # the most shared memory one program may use on sm_90
+SPILL_LIMIT_BYTES = 128  # an autotuning candidate spilling more than this a thread fails the check
 
 
-def _resources(compiled) -> str:
-    """Registers per thread and local (spill) bytes from cuobjdump, shared memory from Triton."""
+def _resources(compiled) -> dict:
+    """Registers, local and stack bytes per thread from cuobjdump (ptxas puts spills in either),
+    and a line of text with them and Triton's shared memory."""
     import subprocess
     import tempfile
 
@@ -38,9 +40,10 @@ def _resources(compiled) -> str:
         cubin.flush()
         usage = subprocess.run([cuobjdump, "--dump-resource-usage", cubin.name],
                                capture_output=True, text=True).stdout
-    found = dict(re.findall(r"(REG|LOCAL):(\d+)", usage))
-    return (f"{found.get('REG', '?')} registers, {found.get('LOCAL', '?')} B local, "
-            f"{compiled.metadata.shared // 1024} KiB shared")
+    found = {name: int(value) for name, value in re.findall(r"(REG|STACK|LOCAL):(\d+)", usage)}
+    found["text"] = (f"{found.get('REG', '?')} registers, {found.get('LOCAL', '?')} B local, "
+                     f"{found.get('STACK', '?')} B stack, {compiled.metadata.shared // 1024} KiB shared")
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def check(name: str, kernel, constexprs: dict, types, expect_in_ptx: str | None = None,
               options: dict | None = None, report: bool = False, aligned_sizes: bool = False,
-              expect_in_ttgir: str | None = None) -> None:
+              expect_in_ttgir: str | None = None, max_spill_bytes: int | None = None) -> None:
         nonlocal checked
         checked += 1
         try:
@@ -96,8 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         if compiled.metadata.shared > HOPPER_SHARED_BYTES:
             failures.append(f"{name}: needs {compiled.metadata.shared // 1024} KiB of shared memory, "
                             f"more than Hopper's {HOPPER_SHARED_BYTES // 1024} KiB: it cannot launch")
+        resources = _resources(compiled) if report or args.verbose or max_spill_bytes is not None else None
+        if max_spill_bytes is not None and max(resources["LOCAL"], resources["STACK"]) > max_spill_bytes:
+            failures.append(f"{name}: spills {max(resources['LOCAL'], resources['STACK'])} bytes a thread "
+                            f"(more than {max_spill_bytes}): not a candidate worth timing")
         if report or args.verbose:
-            print(f"{name}: {_resources(compiled)}")
+            print(f"{name}: {resources['text']}")
 
     def gemm_types(dtype):
         def types(name):
@@ -111,11 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         return types
 
     def gemm_constexprs(epilogue, mask_operand, precision, block_m, block_n, block_k, split_k=1,
-                        tma=False, a_t=False, b_t=False, persistent=False):
+                        tma=False, a_t=False, b_t=False, persistent=False, gate_t=False):
         return dict(MASK_OPERAND=mask_operand, EPILOGUE=epilogue, LR_FROM_PTR=epilogue == "sgd",
                     REDUCE_PARTIALS=epilogue == "relu_mask", INPUT_PRECISION=precision,
                     BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=split_k,
-                    TMA=tma, A_STORED_T=a_t, B_STORED_T=b_t, GATE_STORED_T=False, PERSISTENT=persistent)
+                    TMA=tma, A_STORED_T=a_t, B_STORED_T=b_t, GATE_STORED_T=gate_t, PERSISTENT=persistent)
 
     def tma_types(dtype, constexprs):
         """Pointer types, but a, b and the gate as tensor descriptors of their storage blocks."""
@@ -123,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         blocks = {"a_ptr": [bk, bm] if constexprs["A_STORED_T"] else [bm, bk],
                   "b_ptr": [bn, bk] if constexprs["B_STORED_T"] else [bk, bn],
                   "gate_ptr": [bm, bk] if constexprs["MASK_OPERAND"] == gemm.MASK_A else [bk, bn]}
+        if constexprs["GATE_STORED_T"]:
+            blocks["gate_ptr"] = blocks["gate_ptr"][::-1]
         pointers = gemm_types(dtype)
 
         def types(name):
@@ -148,25 +157,37 @@ def main(argv: list[str] | None = None) -> int:
             check(f"gemm {dtype}/{precision} {epilogue} mask={mask_operand} 16x16 split-K 4",
                   gemm._matmul_kernel, gemm_constexprs(epilogue, mask_operand, precision, 16, 16, 64, 4),
                   types, "atom.global.gpu.acq_rel")
-        # SGD over the tutorial's two parameters (tuples of two pointers, three block starts).
-        sgd_types = {"params": (f"*{dtype}",) * 2, "grads": (f"*{dtype}",) * 2, "lr_ptr": "*fp32",
-                     "block_starts": ("i32",) * 3, "numels": ("i32",) * 2, "lr": "fp32"}
-        for lr_from_ptr in (True, False):
-            check(f"sgd {dtype} lr from {'a tensor' if lr_from_ptr else 'a float'}", sgd._sgd_kernel,
-                  dict(LR_FROM_PTR=lr_from_ptr, BLOCK=sgd.BLOCK), sgd_types.__getitem__)
+        # SGD over the tutorial's two parameters (tuples of two pointers, three block starts),
+        # and over a full launch of MAX_TENSORS.
+        for tensors in (2, sgd.MAX_TENSORS):
+            sgd_types = {"params": (f"*{dtype}",) * tensors, "grads": (f"*{dtype}",) * tensors, "lr_ptr": "*fp32",
+                         "block_starts": ("i32",) * (tensors + 1), "numels": ("i32",) * tensors, "lr": "fp32"}
+            for lr_from_ptr in (True, False):
+                check(f"sgd {dtype} {tensors} tensors, lr from {'a tensor' if lr_from_ptr else 'a float'}",
+                      sgd._sgd_kernel, dict(LR_FROM_PTR=lr_from_ptr, BLOCK=sgd.BLOCK), sgd_types.__getitem__)
         check(f"squared error {dtype}", mse_loss._squared_error_kernel, dict(BLOCK=mse_loss.BLOCK),
               lambda n, d=dtype: f"*{d}" if n.endswith("_ptr") and n != "out_ptr" else
               ("*fp32" if n == "out_ptr" else "fp32" if n.startswith("scale") else "i32"))
-    # grad_b launched transposed (`gemm.gate_b_by_transposing`): grad_out.T gated as A, both
-    # operands column-major, C written transposed. The reason for the transpose: wgmma takes the
-    # gated A from registers and stays in flight (a wait with pendings > 0); a gated B waits
-    # for every wgmma. If a Triton release changes that, this check says so.
+    # grad_b launched transposed (`gemm.gate_b_by_transposing`): grad_out.T gated as A (A and its
+    # gate column-major, B row-major), C written transposed. The reason for the transpose: wgmma
+    # takes the gated A from registers and stays in flight (a wait with pendings > 0); a gated B
+    # waits for every wgmma. If a Triton release changes that, this check says so.
     for dtype, precision, block_k in (("bf16", None, 64), ("fp16", None, 64), ("fp32", "tf32", 32)):
         constexprs = gemm_constexprs("none", gemm.MASK_A, precision, 128, 128, block_k)
         constexprs.update(stride_am=1, stride_gate_0=1, stride_bn=1, stride_cm=1)
         check(f"gemm {dtype}/{precision} grad_b transposed (gated A) 128x128x{block_k}: wgmma in flight",
               gemm._matmul_kernel, constexprs, gemm_types(dtype), options=dict(num_warps=8, num_stages=3),
               aligned_sizes=True, expect_in_ttgir=r"warp_group_dot_wait[^{]*\{pendings = [1-9]")
+    # ... and with TMA loads, A and the gate described by their transposes, one program per tile
+    # and persistent.
+    for persistent in (False, True):
+        constexprs = gemm_constexprs("none", gemm.MASK_A, None, 128, 128, 64, tma=True, a_t=True, gate_t=True,
+                                     persistent=persistent)
+        constexprs.update(stride_am=1, stride_gate_0=1, stride_bn=1, stride_cm=1)
+        check(f"gemm bf16 grad_b transposed (gated A) 128x128x64 TMA{' persistent' if persistent else ''}: "
+              f"wgmma in flight", gemm._matmul_kernel, constexprs, tma_types("bf16", constexprs),
+              "cp.async.bulk.tensor", options=dict(num_warps=8, num_stages=3), aligned_sizes=True,
+              expect_in_ttgir=r"warp_group_dot_wait[^{]*\{pendings = [1-9]")
     # TMA loads (tensor descriptors): forward, and grad_w1's shape (a column-major A, gated B).
     for dtype, precision, block_k in (("bf16", None, 64), ("fp32", "tf32", 32)):
         for epilogue, mask_operand, a_t in (("relu", gemm.NO_MASK, False), ("none", gemm.MASK_B, True)):
@@ -176,13 +197,14 @@ def main(argv: list[str] | None = None) -> int:
                   options=dict(num_warps=8, num_stages=3))
     # Persistent programs (a tile loop around the tile body; with TMA flattened, so the next
     # tile's loads overlap the epilogue) in every epilogue. TMA ones are compiled as launched
-    # (aligned sizes; tf32 with a column-major B, `tuning.tma_pipelines`) and must keep wgmma in
+    # (aligned sizes; tf32 with a column-major B, `tuning.tma_suits`) and must keep wgmma in
     # flight.
     in_flight = r"warp_group_dot_wait[^{]*\{pendings = [1-9]"
     for dtype, precision, block_k in (("bf16", None, 64), ("fp32", "tf32", 32), ("fp32", "ieee", 32)):
         for epilogue, mask_operand, tma in (("relu", gemm.NO_MASK, False), ("relu", gemm.NO_MASK, True),
                                             ("none", gemm.MASK_A, True), ("squared_error", gemm.NO_MASK, False),
-                                            ("relu_mask", gemm.NO_MASK, False), ("sgd", gemm.NO_MASK, False)):
+                                            ("relu_mask", gemm.NO_MASK, False), ("relu_mask", gemm.NO_MASK, True),
+                                            ("sgd", gemm.NO_MASK, False), ("sgd", gemm.NO_MASK, True)):
             b_t = tma and precision == "tf32"
             constexprs = gemm_constexprs(epilogue, mask_operand, precision, 128, 128, block_k, tma=tma, b_t=b_t,
                                          persistent=True)
@@ -207,20 +229,25 @@ def main(argv: list[str] | None = None) -> int:
                 options = dict(num_warps=config["num_warps"], num_stages=config["num_stages"])
                 tma, persistent = config.get("TMA", False), config.get("PERSISTENT", False)
                 b_t = tma and precision == "tf32"  # the layout tf32 TMA candidates are offered for
-                # The variants launched: gated A (backward), and gated B only with IEEE dots
-                # (on tensor cores it is launched transposed, gated A).
-                masks = (gemm.MASK_A, gemm.MASK_B) if precision == "ieee" else (gemm.MASK_A,)
-                for epilogue, mask_operand in (("relu", gemm.NO_MASK),) + tuple(("none", m) for m in masks):
+                # The variants launched: the forward (ReLU); grad_a, gated A row-major; and grad_b,
+                # launched transposed: gated A column-major, B row-major, C column-major.
+                b_layout = {"stride_bk": 1} if b_t else {"stride_bn": 1}
+                variants = {"relu": ("relu", gemm.NO_MASK, dict(stride_ak=1, stride_cn=1, **b_layout)),
+                            "grad_a": ("none", gemm.MASK_A, dict(stride_ak=1, stride_gate_1=1, stride_cn=1, **b_layout)),
+                            "grad_b.T": ("none", gemm.MASK_A, dict(stride_am=1, stride_gate_0=1, stride_cm=1, stride_bn=1))}
+                for variant, (epilogue, mask_operand, strides) in variants.items():
+                    if variant == "grad_b.T" and b_t:
+                        continue  # tf32 TMA is not offered for a row-major B (`tuning.tma_suits`)
+                    a_t = "stride_am" in strides
                     constexprs = gemm_constexprs(epilogue, mask_operand, precision, *tile.values(), tma=tma,
-                                                 b_t=b_t, persistent=persistent)
-                    constexprs.update(stride_ak=1, stride_cn=1, **({"stride_bk": 1} if b_t else {"stride_bn": 1}),
-                                      **({"stride_gate_1": 1} if mask_operand else {}))
+                                                 a_t=tma and a_t, b_t=b_t, gate_t=tma and a_t, persistent=persistent)
+                    constexprs.update(strides)
                     types = tma_types(dtype, constexprs) if tma else gemm_types(dtype)
-                    check(f"candidate {dtype}/{precision} {epilogue} mask={mask_operand} "
+                    check(f"candidate {dtype}/{precision} {variant} "
                           f"{tile['BLOCK_M']}x{tile['BLOCK_N']}x{tile['BLOCK_K']} w{options['num_warps']} "
                           f"s{options['num_stages']}{' TMA' if tma else ''}{' persistent' if persistent else ''}",
-                          gemm._matmul_kernel,
-                          constexprs, types, options=options, report=True, aligned_sizes=True)
+                          gemm._matmul_kernel, constexprs, types, options=options, report=True,
+                          aligned_sizes=True, max_spill_bytes=SPILL_LIMIT_BYTES)
 
     for failure in failures:
         print("FAIL", failure)

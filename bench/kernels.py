@@ -15,7 +15,7 @@ Per (precision, M, N, K) three passes, each with every implementation:
 fusedgrad runs with its shape heuristic ("fusedgrad"), with autotuning ("fusedgrad-autotuned",
 --autotune), and where the autotuner would try them, split over K ("fusedgrad-splitK<n>") and
 as persistent programs with TMA loads ("fusedgrad-persistent<BLOCK_M>x<BLOCK_N>"), forward only.
-On tensor cores fusedgrad launches grad_b = a.T @ gated(grad_out) as its transpose (gated A);
+fusedgrad launches grad_b = a.T @ gated(grad_out) as its transpose (gated A);
 "fusedgrad-gate-B" launches it as written, to measure the difference.
 Each implementation's launches are captured in a CUDA graph and the replay is timed
 (`triton.testing.do_bench` median, warm-up first): host launch cost is excluded, so the
@@ -115,22 +115,23 @@ def implementations(a, b, grad_out, out, kernels, configs: dict) -> dict:
             passes["backward"][name] = ours_backward(config)
             passes["fwd+bwd"][name] = ours_both(config)
 
+    # grad_b launched as written (B gated), to measure what the transposed launch buys (each
+    # formulation with the heuristic's tiles for its own shape).
     gemm = kernels.gemm
-    if gemm.gate_b_by_transposing(a.dtype):
-        # grad_b launched as written (B gated), to measure what the transposed launch buys.
-        def grad_b_gating_b(forward_out):
-            grad_b = torch.empty(b.shape, dtype=a.dtype, device=a.device)
-            gemm.launch(a.T, grad_out, grad_b, mask_operand=gemm.MASK_B, gate=forward_out)
-            return grad_b
 
-        passes["backward"]["fusedgrad-gate-B"] = lambda: (
-            kernels.matmul(grad_out, b.T, a_relu_mask=out), grad_b_gating_b(out))
+    def grad_b_gating_b(forward_out):
+        grad_b = torch.empty(b.shape, dtype=a.dtype, device=a.device)
+        gemm.launch(a.T, grad_out, grad_b, mask_operand=gemm.MASK_B, gate=forward_out)
+        return grad_b
 
-        def both_gating_b():
-            forward_out = kernels.matmul(a, b, relu=True)
-            return (forward_out, kernels.matmul(grad_out, b.T, a_relu_mask=forward_out),
-                    grad_b_gating_b(forward_out))
-        passes["fwd+bwd"]["fusedgrad-gate-B"] = both_gating_b
+    passes["backward"]["fusedgrad-gate-B"] = lambda: (
+        kernels.matmul(grad_out, b.T, a_relu_mask=out), grad_b_gating_b(out))
+
+    def both_gating_b():
+        forward_out = kernels.matmul(a, b, relu=True)
+        return (forward_out, kernels.matmul(grad_out, b.T, a_relu_mask=forward_out),
+                grad_b_gating_b(forward_out))
+    passes["fwd+bwd"]["fusedgrad-gate-B"] = both_gating_b
 
     def torch_backward(forward_out):
         masked = torch.ops.aten.threshold_backward(grad_out, forward_out, 0)
@@ -202,11 +203,11 @@ def run_case(precision: str, shape: tuple[int, int, int], device: torch.device, 
     if device.type == "cuda":
         index = tuning.device_index(device)
         num_sms = tuning.multiprocessors(index)
-        tma = tuning.has_tma(index) and tuning.tma_pipelines(a, b, gemm.input_precision(dtype))
+        tma = tuning.has_tma(index) and tuning.tma_suits(a, b, gemm.input_precision(dtype))
         for config in tuning.candidates(M, N, K, dtype, gemm.input_precision(dtype), num_sms, tma):
             if config["SPLIT_K"] > 1:
                 configs[f"fusedgrad-splitK{config['SPLIT_K']}"] = config
-            if config.get("PERSISTENT"):
+            if config.get("PERSISTENT") and gemm.tma_layout(a) and gemm.tma_layout(b):
                 configs[f"fusedgrad-persistent{config['BLOCK_M']}x{config['BLOCK_N']}"] = config
     autotune = args.autotune is not None and (not args.autotune or precision in args.autotune)
     # References in float64 (on the GPU: fast enough for the sweep), masked by the rounded `out`.

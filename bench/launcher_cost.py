@@ -92,7 +92,7 @@ def main() -> int:
     h, grad_y = torch.randn(64, 100), torch.randn(64, 10)
     shapes = {"relu(x @ w1)": (x, w1, dict(epilogue="relu")), "h @ w2": (h, w2, {}),
               "grad_y @ w2.T": (grad_y, w2.T, {}), "h.T @ grad_y": (h.T, grad_y, {}),
-              "x.T @ masked(grad_h)": (x.T, h, dict(mask_operand=gemm.MASK_B, gate=h))}
+              "(masked(grad_h).T @ x).T": (h.T, x, dict(mask_operand=gemm.MASK_A, gate=h.T))}
     rows = []
     for name, (a, b, kwargs) in shapes.items():
         c = torch.empty(a.shape[0], b.shape[1])

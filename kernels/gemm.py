@@ -3,8 +3,8 @@ of the two-layer network: the autograd ops' forward and backward, and the fused 
 
     forward           out    = relu(a @ b)                     EPILOGUE "relu"
     backward (a)      grad_a = relu'(out) * grad_out @ b.T      MASK_OPERAND A (grad_out)
-    backward (b)      grad_b = a.T @ relu'(out) * grad_out      MASK_OPERAND B (grad_out), or on
-                      tensor cores its transpose with A gated:  MASK_OPERAND A (grad_out.T)
+    backward (b)      grad_b = a.T @ relu'(out) * grad_out      launched as its transpose,
+                      grad_b.T = relu'(out.T) * grad_out.T @ a   MASK_OPERAND A (grad_out.T)
     fused step        grad_y = 2 (h @ w2 - y), loss partials    EPILOGUE "squared_error"
                       grad_h = relu'(h) * (grad_y @ w2.T)        EPILOGUE "relu_mask"
                       w -= lr * (a.T @ grad)                     EPILOGUE "sgd" (no C written)
@@ -209,7 +209,8 @@ def _matmul_kernel(
     reduce_scale,  # REDUCE_PARTIALS: reduce_out = reduce_scale * sum(partials)
     lr,            # sgd without LR_FROM_PTR
     # meta-parameters
-    MASK_OPERAND: tl.constexpr,  # NO_MASK, MASK_A (gate is (M, K)) or MASK_B (gate is (K, N))
+    MASK_OPERAND: tl.constexpr,  # NO_MASK, MASK_A (gate is (M, K)) or MASK_B (gate is (K, N);
+    # `matmul` launches gated-B products transposed, as MASK_A: MASK_B serves `launch` callers)
     EPILOGUE: tl.constexpr,      # one of EPILOGUES
     LR_FROM_PTR: tl.constexpr,
     REDUCE_PARTIALS: tl.constexpr,
@@ -223,6 +224,7 @@ def _matmul_kernel(
     PERSISTENT: tl.constexpr,      # a resident grid (about one program per multiprocessor) walks
     # the tiles, stepping by the grid size; SPLIT_K must be 1
 ):
+    tl.static_assert(not PERSISTENT or SPLIT_K == 1, "a persistent launch takes SPLIT_K 1")
     if PERSISTENT:
         # With TMA, `flatten` pipelines across tiles: the next tile's first loads are issued
         # during this tile's epilogue. With pointer loads it would cost the K loop its own
@@ -439,10 +441,9 @@ def matmul(
     a: (M, K), b: (K, N), any strides; a mask, when given, is a ReLU output shaped like the
     operand it gates. Returns a new contiguous (M, N) tensor of a's dtype. `config` overrides
     the tile choice (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_K, TMA, PERSISTENT, num_warps,
-    num_stages)
-    of the product launched: (N, M) when a gated b is launched transposed
-    (`gate_b_by_transposing`). `fp32_precision` ("ieee", "tf32", "tf32x3") overrides torch's
-    setting for fp32 inputs.
+    num_stages) of the product launched: with `b_relu_mask` that is the transpose, an (N, M)
+    product with the gated operand as A. `fp32_precision` ("ieee", "tf32", "tf32x3") overrides
+    torch's setting for fp32 inputs.
     """
     # check
     M, K = a.shape
@@ -467,24 +468,17 @@ def matmul(
     c = torch.empty((M, N), dtype=a.dtype, device=a.device)
     # launch
     epilogue = "relu" if relu else "none"
-    if mask_operand == MASK_B and gate_b_by_transposing(a.dtype, fp32_precision):
-        # c.T = (b.T * relu'(gate.T)) @ a.T: the same product, with the gated operand as A.
+    if mask_operand == MASK_B:
+        # c.T = (b.T * relu'(gate.T)) @ a.T: the same product, with the gated operand as A. A
+        # gated B is zeroed in registers and must go back to shared memory every K step: Hopper's
+        # wgmma reads B only from there, and Triton (3.6, 3.9) then waits for each wgmma before
+        # the next step, where a gated A feeds wgmma from registers and keeps wgmmas in flight
+        # (sm_90 TTGIR: `warp_group_dot_wait` pendings 0 against 1-3). IEEE fp32 (FMA) tiles
+        # of 64 x 64 and up spill with a gated B (255 registers and 0.4-1.9 KiB of stack a
+        # thread) and do not with a gated A (76-143 registers). `bench/NOTES.md` v5a, v5e.
         launch(b.T, a.T, c.T, mask_operand=MASK_A, gate=gate.T, epilogue=epilogue, config=config,
                fp32_precision=fp32_precision)
     else:
         launch(a, b, c, mask_operand=mask_operand, gate=gate, epilogue=epilogue, config=config,
                fp32_precision=fp32_precision)
     return c
-
-
-def gate_b_by_transposing(dtype: torch.dtype, fp32_precision: str | None = None) -> bool:
-    """Whether `matmul` computes a gated-B product as its transpose (gated A) for `dtype`.
-
-    Yes when the dot runs on tensor cores (16-bit, tf32, 3xTF32). Hopper's wgmma takes A from
-    registers but B only from shared memory, so a B zeroed in registers has to be written back
-    to shared memory every K step, and Triton (3.6 and 3.9) then waits for each wgmma before
-    the next step; with the gated operand as A the where feeds wgmma from registers and wgmmas
-    stay in flight (sm_90 TTGIR: `warp_group_dot_wait` pendings 0 against 1-3). On Ampere both
-    operands come from registers and the two are equal. IEEE fp32 dots (FMA) keep the layout.
-    """
-    return input_precision(dtype, fp32_precision) != "ieee"

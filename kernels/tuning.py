@@ -72,7 +72,7 @@ TMA_TWINS = 3  # large tiles also timed with TMA loads where the GPU has TMA
 PERSISTENT_TILES = {
     "16-bit": ((128, 256, 64, 8, 3), (128, 128, 64, 8, 3)),
     "tf32": ((128, 256, 32, 8, 2), (128, 128, 32, 8, 3)),
-    "ieee": ((128, 128, 32, 8, 2),),
+    "ieee": (),  # no TMA candidates for FMA dots (`tma_suits`)
 }
 INTERPRETER_RESIDENT_PROGRAMS = 3  # a persistent launch's grid under the interpreter: tiles per program > 1
 INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, SPLIT_K=1, num_warps=4, num_stages=1)
@@ -127,15 +127,17 @@ def precision_class(dtype: torch.dtype, input_precision: str | None) -> str:
     return "ieee" if input_precision == "ieee" else "tf32"
 
 
-def tma_pipelines(a: torch.Tensor, b: torch.Tensor, input_precision: str | None) -> bool:
-    """Whether TMA loads of `a @ b` keep Hopper's wgmma pipelined. A TMA block lands in shared
-    memory in its storage layout, and tf32 wgmma reads both operands K-major from there, so for
-    tf32 (and 3xTF32) only A row-major with B column-major pipelines; any other layout costs a
-    register round trip and a wgmma wait every K step (sm_90 TTGIR, Triton 3.6 and 3.9).
-    16-bit wgmma takes either layout, and IEEE fp32 dots do not use wgmma."""
-    if precision_class(a.dtype, input_precision) != "tf32":
-        return True
-    return a.stride(1) == 1 and b.stride(0) == 1
+def tma_suits(a: torch.Tensor, b: torch.Tensor, input_precision: str | None) -> bool:
+    """Whether TMA candidates are worth timing for `a @ b` (sm_90 TTGIR and cubins, Triton 3.6
+    and 3.9). 16-bit wgmma reads either layout from shared memory: yes. tf32 wgmma reads both
+    operands K-major, and a TMA block lands in its storage layout, so only A row-major with B
+    column-major keeps wgmma in flight; any other layout adds a register round trip and a wait
+    every K step. IEEE fp32 dots run on the FMA units, where TMA saves nothing and its tiles
+    spill on Triton 3.9 (0.3-1.7 KiB of stack a thread): no."""
+    kind = precision_class(a.dtype, input_precision)
+    if kind == "ieee":
+        return False
+    return kind == "16-bit" or (a.stride(1) == 1 and b.stride(0) == 1)
 
 
 def cdiv(a: int, b: int) -> int:
@@ -176,9 +178,9 @@ def candidates(M: int, N: int, K: int, dtype: torch.dtype, input_precision: str 
                num_sms: int, tma: bool = False) -> list[dict]:
     """Every configuration the autotuner times for this shape: the heuristic's first; the large
     tiles of the precision class that fit the bucketed shape, and with `tma` (Hopper and
-    later) the first TMA_TWINS of them again with TMA loads, and the PERSISTENT_TILES of the
-    class as persistent programs with TMA loads where there are more tiles than
-    multiprocessors; and, when the output has fewer tiles than there are multiprocessors, the
+    later; tensor-core dots only) the first TMA_TWINS of them again with TMA loads, and the
+    PERSISTENT_TILES of the class as persistent programs with TMA loads where there are more
+    tiles than multiprocessors; and, when the output has fewer tiles than there are multiprocessors, the
     heuristic's tile split over K in 2 to 16 slices of at least two K steps each (a long-K
     skinny product then fills the GPU)."""
     first = heuristic(M, N, K, dtype, num_sms)
@@ -189,7 +191,7 @@ def candidates(M: int, N: int, K: int, dtype: torch.dtype, input_precision: str 
             large.append(dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=1,
                               num_warps=num_warps, num_stages=num_stages))
     found += large
-    if tma:
+    if tma and precision_class(dtype, input_precision) != "ieee":  # FMA dots: see `tma_suits`
         found += [dict(config, TMA=True) for config in large[:TMA_TWINS]]
         for block_m, block_n, block_k, num_warps, num_stages in PERSISTENT_TILES[precision_class(dtype, input_precision)]:
             if cdiv(M, block_m) * cdiv(N, block_n) > num_sms and block_k <= bucket(K):
@@ -332,7 +334,7 @@ def choose(a: torch.Tensor, b: torch.Tensor, variant: str, input_precision: str 
             if a.is_cuda:
                 torch.cuda.synchronize(a.device)  # time on an idle GPU, after the inputs are written
             index = device_index(a.device)
-            tma = tma and has_tma(index) and tma_pipelines(a, b, input_precision)
+            tma = tma and has_tma(index) and tma_suits(a, b, input_precision)
             configs = candidates(M, N, K, a.dtype, input_precision, multiprocessors(index), tma)
             return TUNER.tune(tuned_key, configs, time_ms)
     return default(M, N, K, a.dtype, a.device, interpreted=interpreted)

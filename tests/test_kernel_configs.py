@@ -62,10 +62,11 @@ def test_split_k_matches_float64(variant, dtype, split_k):
 @pytest.mark.parametrize("layout_grad", ["contiguous", "transposed"])
 @pytest.mark.parametrize("layout_a", ["contiguous", "transposed", "sliced"])
 @pytest.mark.parametrize("precision", ["ieee", "tf32"])
-def test_gated_b_is_launched_transposed_on_tensor_cores(precision, layout_a, layout_grad, monkeypatch):
-    """grad_b = a.T @ (relu'(out) * grad_out): with tensor-core dots (tf32 here; the
-    interpreter's are exact) it is launched as grad_b.T = (relu'(out.T) * grad_out.T) @ a, with
-    the gated operand as A; with IEEE dots as written. Either way: float64's result, contiguous."""
+def test_gated_b_is_launched_transposed(precision, layout_a, layout_grad, monkeypatch):
+    """grad_b = a.T @ (relu'(out) * grad_out) is launched as grad_b.T = (relu'(out.T) *
+    grad_out.T) @ a, with the gated operand as A (tf32 is exact in the interpreter): float64's
+    result, contiguous. Launched as written (MASK_B, what `bench/kernels.py` compares against),
+    the same."""
     launched = []
     launch = gemm.launch
 
@@ -79,13 +80,14 @@ def test_gated_b_is_launched_transposed_on_tensor_cores(precision, layout_a, lay
     grad_out = make_operand(M, N, torch.float32, DEVICE, layout_grad)
     gate = torch.randn(M, N, device=DEVICE)
     grad_b = gemm.matmul(a.T, grad_out, b_relu_mask=gate, fp32_precision=precision)
-    if precision == "ieee":
-        assert launched == [((K, M), (M, N), gemm.MASK_B)]
-    else:
-        assert launched == [((N, M), (M, K), gemm.MASK_A)]
+    assert launched == [((N, M), (M, K), gemm.MASK_A)]
     assert grad_b.shape == (K, N) and grad_b.is_contiguous()
     tolerance = "tf32" if DEVICE == "cuda" and precision == "tf32" else "float32"
-    assert_close(grad_b, float64_product(a.T, grad_out, b_mask=gate), tolerance)
+    reference = float64_product(a.T, grad_out, b_mask=gate)
+    assert_close(grad_b, reference, tolerance)
+    as_written = torch.empty(K, N, device=DEVICE)
+    launch(a.T, grad_out, as_written, mask_operand=gemm.MASK_B, gate=gate, fp32_precision=precision)
+    assert_close(as_written, reference, tolerance)
 
 
 def test_split_k_is_deterministic():
@@ -184,7 +186,7 @@ def test_persistent_programs_walk_every_tile(variant, monkeypatch):
     if variant == "mask_a":
         masks["a_relu_mask"] = torch.randn(M, K, device=DEVICE)
     if variant == "mask_b":
-        masks["b_relu_mask"] = torch.randn(K, N, device=DEVICE)  # IEEE fp32: launched as written
+        masks["b_relu_mask"] = torch.randn(K, N, device=DEVICE)  # launched transposed: gated A
     config = persistent(TMA=variant == "tma")
     out = gemm.matmul(a, b, relu=variant in ("relu", "tma"), config=config, fp32_precision="ieee", **masks)
     reference = float64_product(a, b, masks.get("a_relu_mask"), masks.get("b_relu_mask"))

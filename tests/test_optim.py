@@ -84,12 +84,19 @@ def test_one_launch_for_all_parameters_and_new_addresses(monkeypatch):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
 
 
-def test_more_parameters_than_one_launch_takes(monkeypatch):
-    """MAX_TENSORS per launch (2 here): five parameters, one of them empty, in three launches."""
+@pytest.mark.parametrize("max_tensors", [2, None], ids=["2 per launch", "MAX_TENSORS per launch"])
+def test_more_parameters_than_one_launch_takes(monkeypatch, max_tensors):
+    """Parameters in groups of MAX_TENSORS, one launch each: with 2 per launch, five parameters
+    (an empty one inside a group) in three launches; with the default, MAX_TENSORS + 2 in two."""
     from fusedgrad.kernels import sgd
-    monkeypatch.setattr(sgd, "MAX_TENSORS", 2)
+    if max_tensors is not None:
+        monkeypatch.setattr(sgd, "MAX_TENSORS", max_tensors)
+        sizes = (5, 0, 4097, 1, 300)
+    else:
+        sizes = tuple(range(1, sgd.MAX_TENSORS + 3))
+    grids = record_grids(monkeypatch, sgd, "_sgd_kernel")
     device = kernel_device()
-    params = [torch.randn(n, device=device, requires_grad=True) for n in (5, 4097, 1, 300, 0)]
+    params = [torch.randn(n, device=device, requires_grad=True) for n in sizes]
     twins = [p.detach().clone().requires_grad_() for p in params]
     fill_grads(params, twins)
     with fusedgrad.backend("triton"):
@@ -97,6 +104,7 @@ def test_more_parameters_than_one_launch_takes(monkeypatch):
     torch.optim.SGD(twins, lr=0.25).step()
     for p, q in zip(params, twins):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+    assert len(grids) == (3 if max_tensors else 2)
 
 
 def test_non_contiguous_parameter_takes_the_aten_path():

@@ -70,14 +70,15 @@ def test_candidates():
 
 @pytest.mark.parametrize("precision, layout_a, layout_b, expected", [
     ("tf32", "row", "col", True), ("tf32", "row", "row", False), ("tf32", "col", "col", False),
-    ("tf32x3", "row", "row", False), ("ieee", "row", "row", True), (None, "col", "row", True)])
-def test_tma_is_offered_only_where_wgmma_stays_pipelined(compiled_gpu, precision, layout_a, layout_b, expected):
+    ("tf32x3", "row", "row", False), ("ieee", "row", "col", False), (None, "col", "row", True)])
+def test_tma_is_offered_only_where_it_suits(compiled_gpu, precision, layout_a, layout_b, expected):
     """tf32 wgmma reads both operands K-major from shared memory, where a TMA block keeps its
-    storage layout: TMA candidates for tf32 need A row-major and B column-major."""
+    storage layout: TMA candidates for tf32 need A row-major and B column-major; IEEE (FMA)
+    dots get none; 16-bit ones get them in any layout."""
     dtype = torch.bfloat16 if precision is None else torch.float32
     a = torch.empty(4096, 4096, dtype=dtype) if layout_a == "row" else torch.empty(4096, 4096, dtype=dtype).T
     b = torch.empty(4096, 4096, dtype=dtype) if layout_b == "row" else torch.empty(4096, 4096, dtype=dtype).T
-    assert tuning.tma_pipelines(a, b, precision) == expected
+    assert tuning.tma_suits(a, b, precision) == expected
     calls = []
     tuning.choose(a, b, "relu mask=0", precision, interpreted=False, time_ms=fake_clock({}, calls),
                   tma_ready=lambda: True)
