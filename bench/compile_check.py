@@ -49,8 +49,9 @@ def _resources(compiled) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--candidates", action="store_true",
-                        help="also compile every autotuning candidate of a 4096^3 product (relu and "
-                             "gated variants) and report registers, spills and shared memory")
+                        help="also compile every autotuning candidate of a 4096^3 product (forward and "
+                             "both gated backward layouts; the heuristic's tile also with the fused "
+                             "step's epilogues) and report registers, spills and shared memory")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each variant's resources")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.candidates:
         for dtype, torch_dtype, precision in (("bf16", torch.bfloat16, None), ("fp32", torch.float32, "tf32"),
                                               ("fp32", torch.float32, "ieee")):
-            for config in tuning.candidates(4096, 4096, 4096, torch_dtype, precision, 132, tma=True)[1:]:
+            for index, config in enumerate(tuning.candidates(4096, 4096, 4096, torch_dtype, precision, 132, tma=True)):
                 tile = {k: config[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")}
                 options = dict(num_warps=config["num_warps"], num_stages=config["num_stages"])
                 tma, persistent = config.get("TMA", False), config.get("PERSISTENT", False)
@@ -235,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
                 variants = {"relu": ("relu", gemm.NO_MASK, dict(stride_ak=1, stride_cn=1, **b_layout)),
                             "grad_a": ("none", gemm.MASK_A, dict(stride_ak=1, stride_gate_1=1, stride_cn=1, **b_layout)),
                             "grad_b.T": ("none", gemm.MASK_A, dict(stride_am=1, stride_gate_0=1, stride_cm=1, stride_bn=1))}
+                if index == 0:  # the heuristic's tile, which the fused step's epilogues also get
+                    variants.update({
+                        "step squared_error": ("squared_error", gemm.NO_MASK, dict(stride_ak=1, stride_bn=1, stride_cn=1, stride_aux_n=1)),
+                        "step relu_mask": ("relu_mask", gemm.NO_MASK, dict(stride_ak=1, stride_bk=1, stride_cn=1, stride_aux_n=1)),
+                        "step sgd": ("sgd", gemm.NO_MASK, dict(stride_am=1, stride_bn=1, stride_cn=1, stride_aux_n=1))})
                 for variant, (epilogue, mask_operand, strides) in variants.items():
                     if variant == "grad_b.T" and b_t:
                         continue  # tf32 TMA is not offered for a row-major B (`tuning.tma_suits`)
