@@ -39,7 +39,7 @@ def load_gemm(kernels_dir: str | None):
     return sys.modules["kernels_under_test.gemm"]
 
 
-def step_rows(gemm, number: int) -> list[dict]:
+def step_rows(number: int) -> list[dict]:
     """Host µs per tutorial step, autograd ops and fused step, with every kernel stubbed."""
     import fusedgrad
     from fusedgrad.kernels import mse_loss, sgd
@@ -100,7 +100,7 @@ def main() -> int:
         rows.append({"gemm": name, "us_per_launch": 1e6 * statistics.median(runs) / args.number})
         print(f"{name:24s} {rows[-1]['us_per_launch']:6.1f} µs", flush=True)
     if args.kernels_dir is None:
-        rows += step_rows(gemm, args.number // 4)
+        rows += step_rows(args.number // 4)
     write_result(args.json, {"rows": rows, "kernels_dir": args.kernels_dir}, torch.device("cpu"))
     return 0
 

@@ -19,7 +19,7 @@ separate elementwise kernel and no saved pre-activation. The epilogues act on th
 accumulator while it is still in registers, so the fused step writes neither y_pred, nor an
 unmasked grad_h, nor the weight gradients. Transposes are free: every operand comes with
 explicit strides. Offsets are computed in int64, so operands beyond 2**31 elements index
-correctly. Squared-error partial sums go to one slot per program and are added up in index
+correctly. Squared-error partial sums go to one slot per output tile and are added up in index
 order by a later launch (REDUCE_PARTIALS), never with atomics: the loss is deterministic.
 
 Three launch options serve shapes the plain tiling serves badly (`kernels/tuning.py` chooses):

@@ -42,7 +42,7 @@ import triton
 ENV_VAR = "FUSEDGRAD_AUTOTUNE"
 # Part of every cache key: bump it when the kernel's meta-parameters or their meaning change, so
 # configs cached by an older fusedgrad are retuned instead of launched.
-SCHEMA = "gemm-v2"  # v2: PERSISTENT candidates; gated-B products launched transposed on tensor cores
+SCHEMA = "gemm-v2"  # v2: PERSISTENT candidates; gated-B products launched transposed
 CONFIG_KEYS = frozenset({"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "SPLIT_K", "TMA", "PERSISTENT",
                          "num_warps", "num_stages"})
 CACHE_ENV_VAR = "FUSEDGRAD_CACHE_DIR"
@@ -180,9 +180,9 @@ def candidates(M: int, N: int, K: int, dtype: torch.dtype, input_precision: str 
     tiles of the precision class that fit the bucketed shape, and with `tma` (Hopper and
     later; tensor-core dots only) the first TMA_TWINS of them again with TMA loads, and the
     PERSISTENT_TILES of the class as persistent programs with TMA loads where there are more
-    tiles than multiprocessors; and, when the output has fewer tiles than there are multiprocessors, the
-    heuristic's tile split over K in 2 to 16 slices of at least two K steps each (a long-K
-    skinny product then fills the GPU)."""
+    tiles than multiprocessors; and, when the output has fewer tiles than there are
+    multiprocessors, the heuristic's tile split over K in 2 to 16 slices of at least two K
+    steps each (a long-K skinny product then fills the GPU)."""
     first = heuristic(M, N, K, dtype, num_sms)
     found = [first]
     large = []
@@ -322,7 +322,7 @@ def choose(a: torch.Tensor, b: torch.Tensor, variant: str, input_precision: str 
     heuristic's, or, with autotuning on, a tuned one (timed now with `time_ms` if the bucket is
     new, unless a CUDA graph is being captured). `tma_ready()` says whether TMA descriptors can
     describe the operands: such launches are tuned under their own key, with TMA candidates on
-    Hopper where the layouts keep wgmma pipelined."""
+    Hopper where `tma_suits` says they can pay."""
     (M, K), N = a.shape, b.shape[1]
     if not interpreted and autotune_enabled():
         tma = tma_ready is not None and tma_ready()
