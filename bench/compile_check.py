@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         check(f"squared error {dtype}", mse_loss._squared_error_kernel, dict(BLOCK=mse_loss.BLOCK),
               lambda n, d=dtype: f"*{d}" if n.endswith("_ptr") and n != "out_ptr" else
               ("*fp32" if n == "out_ptr" else "fp32" if n.startswith("scale") else "i32"))
-    # grad_b launched transposed (`gemm.gate_b_by_transposing`): grad_out.T gated as A (A and its
+    # grad_b launched transposed (`gemm.matmul` with b_relu_mask): grad_out.T gated as A (A and its
     # gate column-major, B row-major), C written transposed. The reason for the transpose: wgmma
     # takes the gated A from registers and stays in flight (a wait with pendings > 0); a gated B
     # waits for every wgmma. If a Triton release changes that, this check says so.
