@@ -67,12 +67,12 @@ LARGE_TILES = {
 SPLIT_K_CHOICES = (2, 4, 8, 16)
 TMA_TWINS = 3  # large tiles also timed with TMA loads where the GPU has TMA
 # Persistent programs with TMA loads (flattened across tiles: the next tile's loads overlap this
-# tile's epilogue, at the cost of extra shared memory), per precision class; each fits 227 KiB
-# in every variant (`bench/compile_check.py --candidates`), which tf32's 128 x 256 does not.
+# tile's epilogue, at the cost of extra shared memory), per tensor-core precision class (FMA dots
+# get no TMA candidates: `tma_suits`); each fits 227 KiB in every variant
+# (`bench/compile_check.py --candidates`), which tf32's 128 x 256 at 3 stages does not.
 PERSISTENT_TILES = {
     "16-bit": ((128, 256, 64, 8, 3), (128, 128, 64, 8, 3)),
     "tf32": ((128, 256, 32, 8, 2), (128, 128, 32, 8, 3)),
-    "ieee": (),  # no TMA candidates for FMA dots (`tma_suits`)
 }
 INTERPRETER_RESIDENT_PROGRAMS = 3  # a persistent launch's grid under the interpreter: tiles per program > 1
 INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, SPLIT_K=1, num_warps=4, num_stages=1)
@@ -186,14 +186,15 @@ def candidates(M: int, N: int, K: int, dtype: torch.dtype, input_precision: str 
     first = heuristic(M, N, K, dtype, num_sms)
     found = [first]
     large = []
-    for block_m, block_n, block_k, num_warps, num_stages in LARGE_TILES[precision_class(dtype, input_precision)]:
+    kind = precision_class(dtype, input_precision)
+    for block_m, block_n, block_k, num_warps, num_stages in LARGE_TILES[kind]:
         if block_m <= bucket(M) and block_n <= bucket(N) and block_k <= bucket(K):
             large.append(dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=1,
                               num_warps=num_warps, num_stages=num_stages))
     found += large
-    if tma and precision_class(dtype, input_precision) != "ieee":  # FMA dots: see `tma_suits`
+    if tma and kind != "ieee":  # FMA dots: see `tma_suits`
         found += [dict(config, TMA=True) for config in large[:TMA_TWINS]]
-        for block_m, block_n, block_k, num_warps, num_stages in PERSISTENT_TILES[precision_class(dtype, input_precision)]:
+        for block_m, block_n, block_k, num_warps, num_stages in PERSISTENT_TILES[kind]:
             if cdiv(M, block_m) * cdiv(N, block_n) > num_sms and block_k <= bucket(K):
                 found.append(dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=1,
                                   TMA=True, PERSISTENT=True, num_warps=num_warps, num_stages=num_stages))
