@@ -2,7 +2,7 @@
 # One call on a lent GPU machine: install this checkout, then run the stages named in $STAGES
 # (default: all, in this order), writing logs and JSON to the folder given ($1), at most 8 files:
 #   tests    every test tier, compiled (tier 3 included)                  pytest.log      ~4-6 min
-#   train    the trainer: fused step + graph, autograd ops, reference     train.json      ~30 s
+#   train    the trainer: fused step + graph, autograd ops (auto, triton), reference  train.json  ~30 s
 #   launch   kernels and host launch calls per step, by mode             launch_count.json
 #   kernels  bench/kernels.py --quick, autotuned in bf16                  kernels.json    ~5-8 min
 #   bench    bench/run.py --quick                                         bench_quick.json/.png ~3 min
@@ -23,7 +23,8 @@ if [[ $stages == *" tests "* ]]; then
   timeout 360 python3 -m pytest -q -rs $parallel 2>&1 | tee "$out/pytest.log" | tail -15
 fi
 if [[ $stages == *" train "* ]]; then
-  for variant in "step_graph:" "autograd:--mode autograd" "reference:--reference"; do
+  for variant in "step_graph:" "autograd:--mode autograd" "autograd_triton:--mode autograd --backend triton" \
+                 "reference:--reference"; do
     name=${variant%%:*}
     python3 -m fusedgrad ${variant#*:} --json "$out/train_$name.tmp" | tail -2
   done

@@ -18,7 +18,9 @@ import torch
 import fusedgrad
 from fusedgrad.train import TrainConfig, make_problem, make_step, write_result
 
-MODES = [("reference", False), ("autograd", False), ("step", False), ("step", True)]
+# (mode, CUDA graph, backend): under "auto" the fp32 autograd GEMMs run on ATen (IEEE precision)
+MODES = [("reference", False, "auto"), ("autograd", False, "auto"), ("autograd", False, "triton"),
+         ("step", False, "auto"), ("step", True, "auto")]
 
 
 def profile_step(step) -> dict:
@@ -44,11 +46,11 @@ def main() -> int:
         print("launch_count.py profiles CUDA work; no CUDA device here", file=sys.stderr)
         return 1
     rows = {}
-    for mode, cuda_graph in MODES:
+    for mode, cuda_graph, backend in MODES:
         x, y, w1, w2 = make_problem(TrainConfig(), torch.device("cuda"), torch.float32)
-        with fusedgrad.backend("auto"):
+        with fusedgrad.backend(backend):
             step = make_step(mode, cuda_graph, x, y, w1, w2, 1e-6)
-            name = mode + (" + cuda graph" if cuda_graph else "")
+            name = mode + (" + cuda graph" if cuda_graph else "") + (f" ({backend})" if backend != "auto" else "")
             rows[name] = profile_step(step)
         print(f"{name:22s} GPU work {rows[name]['gpu_work']:3d}   host launch calls {rows[name]['host_launch_calls']:3d}")
     write_result(args.json, {"per_step": rows}, torch.device("cuda"))

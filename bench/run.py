@@ -7,7 +7,9 @@ Variants, all doing the same math at the same precision from the same initial we
     eager                     the tutorial's loop in plain PyTorch (autograd, `w -= lr * w.grad`)
     compile / compile-max-autotune / compile-reduce-overhead
                               torch.compile of the loss (forward + AOT backward) and the update
-    fusedgrad-autograd        mm_relu, mm, mse_loss and optim.SGD under autograd
+    fusedgrad-autograd        mm_relu, mm, mse_loss and optim.SGD under autograd, backend "auto"
+                              (its GEMMs run on ATen in fp32 at IEEE precision: the row says so)
+    fusedgrad-autograd-triton the same on backend "triton"; run only where "auto" differs (fp32)
     fusedgrad-step            fusedgrad.train_step (no autograd tape)
     fusedgrad-step-graph      that step replayed from a CUDA graph
 
@@ -37,11 +39,12 @@ import time
 
 import torch
 
-from fusedgrad.train import environment, make_step
+from fusedgrad import dispatch
+from fusedgrad.train import describe_backend, environment, make_step
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 VARIANTS = ("eager", "compile", "compile-max-autotune", "compile-reduce-overhead",
-            "fusedgrad-autograd", "fusedgrad-step", "fusedgrad-step-graph")
+            "fusedgrad-autograd", "fusedgrad-autograd-triton", "fusedgrad-step", "fusedgrad-step-graph")
 PRECISIONS = ("fp32", "tf32", "bf16")
 TOLERANCE = {"fp32": 1e-3, "tf32": 2e-2, "bf16": 5e-2}  # relative difference of weights vs eager
 TUTORIAL = (64, 1000, 100, 10)
@@ -123,8 +126,8 @@ def build(variant: str, x, y, w1, w2, lr: float):
     if variant.startswith("compile"):
         mode = variant.removeprefix("compile").removeprefix("-") or None
         return compiled_step(mode, x, y, w1, w2, lr), w1, w2
-    mode, cuda_graph = {"fusedgrad-autograd": ("autograd", False), "fusedgrad-step": ("step", False),
-                        "fusedgrad-step-graph": ("step", True)}[variant]
+    mode, cuda_graph = {"fusedgrad-autograd": ("autograd", False), "fusedgrad-autograd-triton": ("autograd", False),
+                        "fusedgrad-step": ("step", False), "fusedgrad-step-graph": ("step", True)}[variant]
     return make_step(mode, cuda_graph, x, y, w1, w2, lr), w1, w2
 
 
@@ -208,16 +211,21 @@ def measure(case: Case, variant: str, device: torch.device, lr: float, schedule:
         base = torch.cuda.memory_allocated(device)
     recorder = SkipRecorder()
     logging.getLogger("torch").addHandler(recorder)
+    backend = "triton" if variant == "fusedgrad-autograd-triton" else dispatch.current_backend()
+    notes = []
     try:
-        torch._dynamo.reset()
-        start = time.perf_counter()
-        step, final_w1, final_w2 = build(variant, x, y, w1, w2, learning_rate(case, lr))
-        results = time_variant(step, device, *schedule)
-        results["first_step_s"] += time.perf_counter() - start - results.pop("_timed_s")
-        results["peak_memory_above_data_bytes"] = (torch.cuda.max_memory_allocated(device) - base) if cuda else None
+        with dispatch.backend(backend):
+            if variant.startswith("fusedgrad-autograd"):
+                notes.append(f"backend {describe_backend('autograd', x)}")
+            torch._dynamo.reset()
+            start = time.perf_counter()
+            step, final_w1, final_w2 = build(variant, x, y, w1, w2, learning_rate(case, lr))
+            results = time_variant(step, device, *schedule)
+            results["first_step_s"] += time.perf_counter() - start - results.pop("_timed_s")
+            results["peak_memory_above_data_bytes"] = (torch.cuda.max_memory_allocated(device) - base) if cuda else None
     finally:
         logging.getLogger("torch").removeHandler(recorder)
-    return results, sorted(set(recorder.messages)), final_w1.detach(), final_w2.detach()
+    return results, notes + sorted(set(recorder.messages)), final_w1.detach(), final_w2.detach()
 
 
 def measure_in_child(case: Case, variant: str, device: torch.device, lr: float, schedule, folder: pathlib.Path):
@@ -264,9 +272,15 @@ def run_case(case: Case, variants: list[str], device: torch.device, args, peaks:
         if variant.startswith("compile") and device.type == "cpu" and not args.cpu_compile:
             row["status"] = "skipped on CPU (pass --cpu-compile)"
             continue
-        if variant in ("fusedgrad-step-graph", "compile-reduce-overhead") and device.type != "cuda":
+        if variant in ("fusedgrad-step-graph", "compile-reduce-overhead", "fusedgrad-autograd-triton") \
+                and device.type != "cuda":
             row["status"] = "needs CUDA"
             continue
+        if variant == "fusedgrad-autograd-triton":
+            probe = torch.empty(0, device=device, dtype=set_precision(case.precision))
+            if dispatch.resolve(probe, gemm=True) == "triton":
+                row["status"] = "same as fusedgrad-autograd here (its GEMMs run on Triton)"
+                continue
         log(f"{case.size} {case.precision} {variant} ...")
         try:
             if variant.startswith("compile"):

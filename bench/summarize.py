@@ -14,7 +14,8 @@ import pathlib
 import sys
 
 TRAINER_RUNS = (("train_step_graph.json", ""), ("train_triton.json", "--backend triton"),
-                ("train_autograd.json", "--mode autograd"), ("train_aten.json", "--backend aten"),
+                ("train_autograd.json", "--mode autograd"),
+                ("train_autograd_triton.json", "--mode autograd --backend triton"), ("train_aten.json", "--backend aten"),
                 ("train_reference.json", "--reference"))
 
 

@@ -1,7 +1,8 @@
 """Backend selection: which implementation runs an op.
 
     "auto"    Triton for CUDA tensors of a dtype the kernels take (float16, bfloat16, float32),
-              ATen for everything else (CPU tensors, float64)
+              ATen for everything else (CPU tensors, float64); and ATen (cuBLAS) for the matrix
+              products of `mm` and `mm_relu` in float32 at IEEE precision (see `resolve`)
     "triton"  Triton always; CPU tensors need Triton's interpreter (TRITON_INTERPRET=1)
     "aten"    ATen always
 
@@ -94,6 +95,17 @@ def kernel_fp32_precision() -> str | None:
     return None if name == "torch" else name
 
 
+def torch_fp32_precision() -> str:
+    """torch's fp32 matmul setting as cuBLAS follows it: "ieee" or "tf32"."""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)
+    if precision is None:  # torch without the fp32_precision API
+        return "tf32" if matmul.allow_tf32 else "ieee"
+    if precision == "none":  # "none" inherits the global setting
+        precision = torch.backends.fp32_precision
+    return "tf32" if precision == "tf32" else "ieee"
+
+
 def load_kernels():
     """Import `fusedgrad.kernels` (and so triton) on first use."""
     try:
@@ -104,13 +116,25 @@ def load_kernels():
     return kernels
 
 
-def resolve(tensor: torch.Tensor) -> str:
-    """The concrete implementation, "triton" or "aten", for an op on `tensor`."""
+def resolve(tensor: torch.Tensor, *, gemm: bool = False) -> str:
+    """The concrete implementation, "triton" or "aten", for an op on `tensor`.
+
+    `gemm=True` for the autograd matrix products (`mm`, `mm_relu`): there "auto" also leaves a
+    float32 product at IEEE precision (torch's setting "ieee", fusedgrad's fp32 precision
+    "torch") to ATen. Without tensor cores Triton's IEEE dot is FMA code, predicted slower than
+    cuBLAS's SGEMM at GEMM-bound sizes (ReLU fusion saves one elementwise pass, a few percent
+    there); at the tutorial's size the step is host-bound and ATen's loop ran 2.2x Triton's
+    (H200, bench/NOTES.md v5f). tf32, "tf32x3" and 16-bit products stay on Triton, as does the
+    fused `train_step` (its own measured path); backend "triton" forces Triton everywhere."""
     name = current_backend()
     if name == "aten":
         return "aten"
     if name == "auto":
-        return "triton" if tensor.is_cuda and tensor.dtype in TRITON_DTYPES else "aten"
+        if not tensor.is_cuda or tensor.dtype not in TRITON_DTYPES:
+            return "aten"
+        ieee = (gemm and tensor.dtype == torch.float32 and current_fp32_precision() == "torch"
+                and torch_fp32_precision() == "ieee")
+        return "aten" if ieee else "triton"
     if tensor.dtype not in TRITON_DTYPES:
         raise TypeError(f"backend 'triton': the Triton kernels take float16, bfloat16 and float32, "
                         f"got {tensor.dtype}; use backend 'aten' or 'auto' for it")

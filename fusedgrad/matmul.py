@@ -9,6 +9,7 @@ relu'(out) inside the two backward GEMMs as they load grad_out. `matmul_referenc
 computation in ATen: the test oracle, and the ATen backend itself. There it runs under torch's
 own autograd (mm, then an in-place relu that saves only its output: the same tensors saved),
 because a Python autograd.Function would only add overhead around the same ATen calls.
+Backend "auto" takes that path for float32 products at IEEE precision (`dispatch.resolve`).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def check_operands(op: str, a: object, b: object, names: tuple[str, str] = ("a",
 
 def _matmul(op: str, a: torch.Tensor, b: torch.Tensor, relu: bool) -> torch.Tensor:
     check_operands(op, a, b)
-    if dispatch.resolve(a) == "triton":
+    if dispatch.resolve(a, gemm=True) == "triton":
         return TritonMatmulFunction.apply(a, b, relu)
     return matmul_reference(a, b, relu=relu)
 

@@ -119,6 +119,16 @@ def resolve_mode(config: TrainConfig, device: torch.device) -> tuple[str, bool]:
     return mode, cuda_graph
 
 
+def describe_backend(mode: str, x: torch.Tensor) -> str:
+    """The backend that runs `mode` on `x`, as the summary line names it."""
+    if mode == "reference":
+        return "reference (eager PyTorch)"
+    backend = dispatch.resolve(x)
+    if mode == "autograd" and dispatch.resolve(x, gemm=True) != backend:
+        backend += " (GEMMs on aten: float32 at IEEE precision)"
+    return backend
+
+
 def make_step(mode: str, cuda_graph: bool, x, y, w1, w2, lr: float) -> Callable[[], torch.Tensor]:
     """A callable running one training step on these tensors and returning its loss tensor."""
     if mode == "reference":
@@ -150,7 +160,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     mode, cuda_graph = resolve_mode(config, device)
 
     with dispatch.backend(config.backend):
-        backend = "reference (eager PyTorch)" if mode == "reference" else dispatch.resolve(x)
+        backend = describe_backend(mode, x)
         warm_w1, warm_w2 = (w.detach().clone().requires_grad_() for w in (w1, w2))
         make_step(mode, False, x, y, warm_w1, warm_w2, config.lr)()
         step = make_step(mode, cuda_graph, x, y, w1, w2, config.lr)

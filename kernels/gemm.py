@@ -44,6 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..dispatch import torch_fp32_precision
 from . import tuning
 from .reduce import sum_in_fixed_order
 
@@ -275,13 +276,7 @@ def input_precision(dtype: torch.dtype, fp32_precision: str | None = None) -> st
         return None
     if fp32_precision is not None:
         return fp32_precision
-    matmul = torch.backends.cuda.matmul
-    precision = getattr(matmul, "fp32_precision", None)
-    if precision is None:  # torch without the fp32_precision API
-        return "tf32" if matmul.allow_tf32 else "ieee"
-    if precision == "none":  # "none" inherits the global setting
-        precision = torch.backends.fp32_precision
-    return "tf32" if precision == "tf32" else "ieee"
+    return torch_fp32_precision()
 
 
 def plan(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device, config: dict | None = None):

@@ -1,4 +1,7 @@
-"""Shared test helpers: tolerances, the kernel device, operand layouts, a float64 oracle, launch grids."""
+"""Shared test helpers: tolerances, the kernel device, operand layouts, a float64 oracle, launch
+grids, torch's fp32 matmul setting, a tensor that looks like CUDA."""
+
+import contextlib
 
 import torch
 
@@ -10,6 +13,26 @@ TOLERANCE = {"float64": 1e-12, "float32": 1e-5, "tf32": 3e-3, "float16": 3e-3, "
 def kernel_device() -> str:
     """Where the Triton kernels run in this session: compiled on CUDA, else interpreted on CPU."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@contextlib.contextmanager
+def torch_fp32_setting(value: str):
+    """torch's fp32 matmul precision ("ieee" or "tf32") inside the block, restored after it."""
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.fp32_precision
+    matmul.fp32_precision = value
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = saved
+
+
+class LooksCuda(torch.Tensor):
+    """A CPU tensor that reports itself as CUDA: dispatch rules, tested without a GPU."""
+
+    @property
+    def is_cuda(self):
+        return True
 
 
 def assert_close(actual: torch.Tensor, reference: torch.Tensor, precision: str) -> None:

@@ -14,17 +14,25 @@ def test_quick_run_at_tiny_size(tmp_path):
     out = tmp_path / "bench.json"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--sizes", "8x16x8x4", "--rounds", "2",
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--sizes", "8x16x8x4", "--precisions", "fp32", "--rounds", "2",
          "--steps-per-round", "2", "--device", device, "--json", str(out),
-         "--variants", "eager", "compile-max-autotune", "fusedgrad-autograd", "fusedgrad-step", "fusedgrad-step-graph"],
+         "--variants", "eager", "compile-max-autotune", "fusedgrad-autograd", "fusedgrad-autograd-triton",
+         "fusedgrad-step", "fusedgrad-step-graph"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     record = json.loads(out.read_text())
     rows = {row["variant"]: row for row in record["rows"]}
-    assert set(rows) == {"eager", "compile-max-autotune", "fusedgrad-autograd", "fusedgrad-step",
-                         "fusedgrad-step-graph"}  # torch.compile rows are left out: minutes of compiling
+    assert set(rows) == {"eager", "compile-max-autotune", "fusedgrad-autograd", "fusedgrad-autograd-triton",
+                         "fusedgrad-step", "fusedgrad-step-graph"}  # torch.compile rows left out: minutes of compiling
     assert rows["compile-max-autotune"]["status"].startswith("skipped (--quick")
-    for variant in ("eager", "fusedgrad-autograd", "fusedgrad-step"):
+    # fp32 at IEEE precision: "auto" runs the autograd GEMMs on ATen, and the row names it
+    expected = "backend triton (GEMMs on aten: float32 at IEEE precision)" if device == "cuda" else "backend aten"
+    assert expected in rows["fusedgrad-autograd"]["notes"]
+    if device == "cpu":
+        assert rows["fusedgrad-autograd-triton"]["status"] == "needs CUDA"
+    else:
+        assert "backend triton" in rows["fusedgrad-autograd-triton"]["notes"]
+    for variant in ("eager", "fusedgrad-autograd", "fusedgrad-step") + (("fusedgrad-autograd-triton",) if device == "cuda" else ()):
         row = rows[variant]
         assert row["status"] == "ok" and row["correct"], row
         assert row["steps_per_s_p20"] <= row["steps_per_s"] <= row["steps_per_s_p80"]

@@ -9,6 +9,7 @@ import torch
 
 import fusedgrad
 from fusedgrad import dispatch
+from helpers import LooksCuda, torch_fp32_setting
 
 
 def test_default_is_auto_and_context_nests(monkeypatch):
@@ -63,6 +64,28 @@ def test_auto_resolves_by_device_and_dtype():
     with fusedgrad.backend("triton"):
         with pytest.raises(TypeError, match="float64"):
             dispatch.resolve(torch.empty(1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype, torch_setting, ours, gemm, expected", [
+    (torch.float32, "ieee", "torch", True, "aten"),     # cuBLAS's SGEMM: the one "auto" exception
+    (torch.float32, "ieee", "torch", False, "triton"),  # the loss and SGD have no matmul precision
+    (torch.float32, "tf32", "torch", True, "triton"),
+    (torch.float32, "ieee", "tf32x3", True, "triton"),
+    (torch.bfloat16, "ieee", "torch", True, "triton"),
+    (torch.float16, "ieee", "torch", True, "triton"),
+    (torch.float64, "ieee", "torch", True, "aten"),
+])
+def test_auto_rule_on_cuda_tensors(dtype, torch_setting, ours, gemm, expected, monkeypatch):
+    monkeypatch.delenv("FUSEDGRAD_BACKEND", raising=False)
+    tensor = torch.empty(2, 2, dtype=dtype).as_subclass(LooksCuda)
+    with torch_fp32_setting(torch_setting), fusedgrad.fp32_precision(ours):
+        assert dispatch.torch_fp32_precision() == torch_setting
+        assert dispatch.resolve(tensor, gemm=gemm) == expected
+        if dtype != torch.float64:  # "triton" forces Triton, IEEE or not (float64: a TypeError)
+            with fusedgrad.backend("triton"):
+                assert dispatch.resolve(tensor, gemm=gemm) == "triton"
+        with fusedgrad.backend("aten"):
+            assert dispatch.resolve(tensor, gemm=gemm) == "aten"
 
 
 def _run_python(code, tmp_path, **env):

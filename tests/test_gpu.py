@@ -5,27 +5,15 @@ interpreter cannot show: tf32 versus IEEE fp32 dots, bf16, a full training run a
 beyond 2**31 elements.
 """
 
-import contextlib
 
 import pytest
 import torch
 
 import fusedgrad
 from fusedgrad.train import TrainConfig, train
-from helpers import assert_close, make_operand, relu_matmul_float64
+from helpers import assert_close, make_operand, relu_matmul_float64, torch_fp32_setting
 
 pytestmark = pytest.mark.gpu
-
-
-@contextlib.contextmanager
-def fp32_precision(value):
-    matmul = torch.backends.cuda.matmul
-    saved = matmul.fp32_precision
-    matmul.fp32_precision = value
-    try:
-        yield
-    finally:
-        matmul.fp32_precision = saved
 
 
 def relative_error(actual, reference):
@@ -50,7 +38,7 @@ def test_precisions_match_float64_and_cublas(precision, dtype, layout):
     a = make_operand(300, 1000, dtype, "cuda", layout)
     b = make_operand(1000, 260, dtype, "cuda")
     grad_out = torch.randn(300, 260, dtype=dtype, device="cuda")
-    with fp32_precision("tf32" if precision == "tf32" else "ieee"):
+    with torch_fp32_setting("tf32" if precision == "tf32" else "ieee"):
         ours, cublas = fused_and_aten(a, b, grad_out)
     # Each backend's gradients against float64 GEMMs masked by that backend's own output.
     reference = relu_matmul_float64(a, b, grad_out, mask_from=ours[0])
@@ -173,6 +161,20 @@ def test_loss_is_deterministic_on_gpu():
     with fusedgrad.backend("triton"):
         losses = [fusedgrad.mse_loss(big, torch.zeros_like(big)) for _ in range(5)]
     assert all(torch.equal(loss, losses[0]) for loss in losses)
+
+
+def test_auto_leaves_ieee_fp32_products_to_cublas():
+    """Under "auto", float32 mm_relu at IEEE precision is ATen's result bit for bit; at tf32 and
+    with "tf32x3" it is Triton's."""
+    a, b = torch.randn(200, 300, device="cuda"), torch.randn(300, 100, device="cuda")
+    for torch_setting, ours, expected in [("ieee", "torch", "aten"), ("tf32", "torch", "triton"),
+                                          ("ieee", "tf32x3", "triton")]:
+        with torch_fp32_setting(torch_setting), fusedgrad.fp32_precision(ours):
+            outputs = {}
+            for name in ("auto", expected):
+                with fusedgrad.backend(name):
+                    outputs[name] = fusedgrad.mm_relu(a, b)
+        assert torch.equal(outputs["auto"], outputs[expected]), (torch_setting, ours)
 
 
 def test_tf32x3_is_near_ieee_accuracy():

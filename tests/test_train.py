@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from fusedgrad.__main__ import main
-from fusedgrad.train import TrainConfig, train
+import fusedgrad
+from fusedgrad.train import TrainConfig, describe_backend, train
+from helpers import LooksCuda, torch_fp32_setting
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +98,15 @@ def test_cli_writes_json(tmp_path, capsys):
     assert set(record["losses"]) == {"1", "100"} and record["steps_per_second"] > 0
     assert record["environment"]["torch"] == torch.__version__
     assert record["summary"] == capsys.readouterr().out.splitlines()[-1]
+
+
+def test_summary_names_the_gemm_backend_of_the_autograd_mode():
+    """Under "auto", float32 at IEEE precision runs the autograd GEMMs on ATen: the summary says so."""
+    x = torch.empty(2, 2).as_subclass(LooksCuda)
+    with fusedgrad.backend("auto"), fusedgrad.fp32_precision("torch"):
+        with torch_fp32_setting("ieee"):
+            assert describe_backend("autograd", x) == "triton (GEMMs on aten: float32 at IEEE precision)"
+            assert describe_backend("step", x) == "triton"
+        with torch_fp32_setting("tf32"):
+            assert describe_backend("autograd", x) == "triton"
+    assert describe_backend("reference", x) == "reference (eager PyTorch)"
