@@ -16,8 +16,10 @@ Variants, all doing the same math at the same precision from the same initial we
 Per row: median steps/s with p20 and p80 over timed rounds (CUDA events; warm-up excluded, the
 first step's time, compilation included, reported apart), µs per step, speedup over eager,
 achieved TFLOP/s and percent of the dense matmul peak measured in the same run, peak memory
-above the weights and data over the whole run (compilation and a CUDA graph's pool included), and the largest relative difference of the final loss and weights
-against eager. A row whose difference is above its precision's bound is flagged WRONG and gets
+above the weights and data over the whole run (compilation and a CUDA graph's pool included),
+the activation memory saved for backward (the distinct storages autograd's saved-tensor hooks
+see in one step, data and weights left out; variants with an autograd tape only), and the
+largest relative difference of the final loss and weights against eager. A row whose difference is above its precision's bound is flagged WRONG and gets
 no speedup. Output: a markdown table on stdout, JSON (with the environment) and, when
 matplotlib is installed, a PNG plot; progress lines go to stderr.
 """
@@ -144,14 +146,36 @@ class SkipRecorder(logging.Handler):
             self.messages.append(text.splitlines()[0][:200])
 
 
-def time_variant(step, device: torch.device, warmup: int, rounds: int, steps_per_round: int) -> dict:
+def saved_for_backward_bytes(step, exclude: tuple[torch.Tensor, ...]) -> int:
+    """Bytes of the distinct storages that autograd saves for backward during one call of
+    `step`, the storages of `exclude` (data and weights) left out: the activation memory the
+    step keeps from its forward to its backward."""
+    excluded = {t.untyped_storage().data_ptr() for t in exclude}
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in excluded:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        step()
+    return sum(storages.values())
+
+
+def time_variant(step, device: torch.device, warmup: int, rounds: int, steps_per_round: int,
+                 tape_of: tuple[torch.Tensor, ...] = ()) -> dict:
+    """Time `step`; when `tape_of` (its data and weights) is given, the second warm-up step also
+    counts the activation memory it saves for backward."""
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     entered = start = time.perf_counter()
     loss = step()
     sync()
     first_step_s = time.perf_counter() - start
-    for _ in range(warmup - 1):
+    saved = saved_for_backward_bytes(step, tape_of) if tape_of else None
+    for _ in range(warmup - 1 - bool(tape_of)):
         loss = step()
     sync()
     per_step_us = []
@@ -171,7 +195,8 @@ def time_variant(step, device: torch.device, warmup: int, rounds: int, steps_per
             per_step_us.append(1e6 * (time.perf_counter() - begin_s) / steps_per_round)
     steps_per_s = sorted(1e6 / us for us in per_step_us)
     quantile = lambda q: steps_per_s[min(len(steps_per_s) - 1, int(q * len(steps_per_s)))]
-    return {"first_step_s": first_step_s, "us_per_step": statistics.median(per_step_us),
+    return {"first_step_s": first_step_s, "saved_for_backward_bytes": saved,
+            "us_per_step": statistics.median(per_step_us),
             "steps_per_s": statistics.median(steps_per_s), "steps_per_s_p20": quantile(0.2),
             "steps_per_s_p80": quantile(0.8),
             "final_loss": float(loss.detach().float().item()),
@@ -220,7 +245,8 @@ def measure(case: Case, variant: str, device: torch.device, lr: float, schedule:
             torch._dynamo.reset()
             start = time.perf_counter()
             step, final_w1, final_w2 = build(variant, x, y, w1, w2, learning_rate(case, lr))
-            results = time_variant(step, device, *schedule)
+            tape = (x, y, w1, w2) if not variant.startswith("fusedgrad-step") else ()  # the step has no tape
+            results = time_variant(step, device, *schedule, tape_of=tape)
             results["first_step_s"] += time.perf_counter() - start - results.pop("_timed_s")
             results["peak_memory_above_data_bytes"] = (torch.cuda.max_memory_allocated(device) - base) if cuda else None
     finally:
@@ -304,6 +330,8 @@ def run_case(case: Case, variants: list[str], device: torch.device, args, peaks:
             row["rel_diff_loss"] = abs(row["final_loss"] - eager_row["final_loss"]) / max(abs(eager_row["final_loss"]), 1e-30)
             row["correct"] = row["max_rel_diff_weights"] <= TOLERANCE[case.precision]
             row["speedup_vs_eager"] = row["steps_per_s"] / eager_row["steps_per_s"] if row["correct"] else None
+            if row["saved_for_backward_bytes"] is not None and eager_row["saved_for_backward_bytes"]:
+                row["saved_vs_eager"] = row["saved_for_backward_bytes"] / eager_row["saved_for_backward_bytes"]
         row["tflops"] = case.flops_per_step * row["steps_per_s"] / 1e12
         if case.precision in peaks:
             row["percent_of_peak"] = 100 * row["tflops"] / peaks[case.precision]
@@ -311,12 +339,21 @@ def run_case(case: Case, variants: list[str], device: torch.device, args, peaks:
     return rows
 
 
+def saved_cell(row: dict) -> str:
+    """Saved activation MiB, with the ratio to eager's where both are known."""
+    saved = row.get("saved_for_backward_bytes")
+    if saved is None:
+        return ""
+    ratio = row.get("saved_vs_eager")
+    return f"{saved / 2**20:.3g}" + (f" ({ratio:.2f}x)" if ratio is not None else "")
+
+
 def markdown(rows: list[dict]) -> str:
-    lines = ["| size | prec | variant | steps/s (p20-p80) | µs/step | vs eager | TFLOP/s | % peak | mem MiB | 1st step s | rel diff w / loss | status |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = ["| size | prec | variant | steps/s (p20-p80) | µs/step | vs eager | TFLOP/s | % peak | mem MiB | saved for bwd MiB | 1st step s | rel diff w / loss | status |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         if r.get("status") != "ok":
-            lines.append(f"| {r['size']} | {r['precision']} | {r['variant']} | | | | | | | | | {r['status']} |")
+            lines.append(f"| {r['size']} | {r['precision']} | {r['variant']} | | | | | | | | | | {r['status']} |")
             continue
         speed = f"{r['speedup_vs_eager']:.2f}x" if r.get("speedup_vs_eager") else ("WRONG" if r.get("correct") is False else "")
         mem = r["peak_memory_above_data_bytes"]
@@ -328,7 +365,7 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['size']} | {r['precision']} | {r['variant']} | {r['steps_per_s']:.4g} "
             f"({r['steps_per_s_p20']:.4g}-{r['steps_per_s_p80']:.4g}) | {r['us_per_step']:.1f} | {speed} | "
             f"{r['tflops']:.3g} | {percent} | "
-            f"{'' if mem is None else f'{mem / 2**20:.1f}'} | {r['first_step_s']:.2f} | "
+            f"{'' if mem is None else f'{mem / 2**20:.1f}'} | {saved_cell(r)} | {r['first_step_s']:.2f} | "
             f"{r.get('max_rel_diff_weights', 0):.1e} / {r.get('rel_diff_loss', 0):.1e} | {status} |")
     return "\n".join(lines)
 

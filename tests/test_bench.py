@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -37,6 +38,13 @@ def test_quick_run_at_tiny_size(tmp_path):
         assert row["status"] == "ok" and row["correct"], row
         assert row["steps_per_s_p20"] <= row["steps_per_s"] <= row["steps_per_s_p80"]
         assert row["speedup_vs_eager"] > 0 and row["tflops"] > 0
+    # Activation memory kept for backward at 8x16x8x4 fp32, in bytes: eager saves the
+    # pre-activation (clamp), h (mm) and y_pred - y (pow); fusedgrad saves h once (the ReLU mask
+    # and mm's input) and the loss gradient. The fused step has no tape.
+    assert rows["eager"]["saved_for_backward_bytes"] == 4 * (2 * 8 * 8 + 8 * 4)
+    assert rows["fusedgrad-autograd"]["saved_for_backward_bytes"] == 4 * (8 * 8 + 8 * 4)
+    assert rows["fusedgrad-autograd"]["saved_vs_eager"] == pytest.approx(0.6)
+    assert rows["fusedgrad-step"]["saved_for_backward_bytes"] is None
     assert record["environment"]["torch"] == torch.__version__ and record["complete"]
     assert "| fusedgrad-step |" in result.stdout
     if device == "cpu":
