@@ -167,14 +167,21 @@ def saved_for_backward_bytes(step, exclude: tuple[torch.Tensor, ...]) -> int:
 def time_variant(step, device: torch.device, warmup: int, rounds: int, steps_per_round: int,
                  tape_of: tuple[torch.Tensor, ...] = ()) -> dict:
     """Time `step`; when `tape_of` (its data and weights) is given, the second warm-up step also
-    counts the activation memory it saves for backward."""
+    counts the activation memory it saves for backward. Every variant runs the same number of
+    steps (at least two warm-up steps), so final weights stay comparable."""
+    warmup = max(warmup, 2)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     entered = start = time.perf_counter()
     loss = step()
     sync()
     first_step_s = time.perf_counter() - start
-    saved = saved_for_backward_bytes(step, tape_of) if tape_of else None
+    saved = census_error = None
+    if tape_of:  # a failed count costs the row its memory number, not its timing
+        try:
+            saved = saved_for_backward_bytes(step, tape_of)
+        except Exception as error:
+            census_error = f"saved-tensor count failed: {type(error).__name__}: {str(error).splitlines()[0][:160]}"
     for _ in range(warmup - 1 - bool(tape_of)):
         loss = step()
     sync()
@@ -195,7 +202,7 @@ def time_variant(step, device: torch.device, warmup: int, rounds: int, steps_per
             per_step_us.append(1e6 * (time.perf_counter() - begin_s) / steps_per_round)
     steps_per_s = sorted(1e6 / us for us in per_step_us)
     quantile = lambda q: steps_per_s[min(len(steps_per_s) - 1, int(q * len(steps_per_s)))]
-    return {"first_step_s": first_step_s, "saved_for_backward_bytes": saved,
+    return {"first_step_s": first_step_s, "saved_for_backward_bytes": saved, "census_error": census_error,
             "us_per_step": statistics.median(per_step_us),
             "steps_per_s": statistics.median(steps_per_s), "steps_per_s_p20": quantile(0.2),
             "steps_per_s_p80": quantile(0.8),
@@ -320,7 +327,7 @@ def run_case(case: Case, variants: list[str], device: torch.device, args, peaks:
             log(row["status"])
             continue
         row.update(results, status="ok")
-        row["notes"] += notes
+        row["notes"] += notes + ([results["census_error"]] if results["census_error"] else [])
         if variant == "eager":
             eager = (row, final_w1.detach().clone(), final_w2.detach().clone())
         if eager is not None:
