@@ -12,6 +12,7 @@
 set -uo pipefail
 out=${1:?usage: gpu_check.sh OUT_DIR}
 stages=" ${STAGES:-tests train launch kernels bench} "
+exit_status=0  # 1 when a test file fails; the other stages report in their own output
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 exec > >(tee -a "$out/gpu_check.log") 2>&1
@@ -21,14 +22,23 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3
 if [[ $stages == *" tests "* ]]; then
   # One pytest process per test file, all at once: Triton compiles on the CPU, one kernel at a
   # time per process, so 16 cores finish the suite in about the time of its slowest file.
-  logs=$(mktemp -d) pids=()
+  logs=$(mktemp -d) pids=() names=()
   for file in tests/test_*.py; do
-    timeout 360 python3 -m pytest -q -rs -p no:cacheprovider "$file" > "$logs/$(basename "$file" .py).log" 2>&1 &
+    names+=("$(basename "$file" .py)")
+    timeout 360 python3 -m pytest -q -rs -p no:cacheprovider "$file" > "$logs/${names[-1]}.log" 2>&1 &
     pids+=($!)
   done
-  wait "${pids[@]}"  # a bare `wait` would also wait for the `tee` above, which never ends
-  for log in "$logs"/*.log; do echo "=== $(basename "$log" .log)"; cat "$log"; done > "$out/pytest.log"
-  for log in "$logs"/*.log; do printf '%-26s %s\n' "$(basename "$log" .log)" "$(tail -n 1 "$log")"; done
+  # Each pid on its own: a bare `wait` would also wait for the `tee` above, which never ends.
+  # Exit status 124: that file ran out of time.
+  : > "$out/pytest.log"
+  for i in "${!pids[@]}"; do
+    wait "${pids[$i]}"
+    status=$?
+    (( status == 0 )) || exit_status=1
+    { echo "=== ${names[$i]} (exit status $status)"; cat "$logs/${names[$i]}.log"; } >> "$out/pytest.log"
+    printf '%-22s exit %-4s %s\n' "${names[$i]}" "$status" "$(tail -n 1 "$logs/${names[$i]}.log")"
+  done
+  rm -rf "$logs"
 fi
 if [[ $stages == *" train "* ]]; then
   for variant in "step_graph:" "autograd:--mode autograd" "autograd_triton:--mode autograd --backend triton" \
@@ -54,3 +64,4 @@ fi
 if [[ $stages == *" bench "* ]]; then
   timeout 170 python3 bench/run.py --quick --json "$out/bench_quick.json" --plot "$out/bench_quick.png"
 fi
+exit $exit_status

@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..dispatch import torch_fp32_precision
+from fusedgrad.dispatch import torch_fp32_precision  # absolute: launcher_cost.py loads kernels/ alone
 from . import tuning
 from .reduce import sum_in_fixed_order
 

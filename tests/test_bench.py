@@ -108,3 +108,13 @@ def test_launcher_cost_script(tmp_path):
     assert all(0 < row["us_per_launch"] < 1e4 for row in launches)
     assert [row["step"].split()[0] for row in steps] == ["autograd", "fused"]
     assert all(0 < row["us_per_step"] < 1e5 for row in steps)
+
+
+def test_launcher_cost_script_loads_a_kernels_folder(tmp_path):
+    """--kernels-dir loads a `kernels/` folder as a package of its own (an older checkout's):
+    the kernels must import nothing relative to fusedgrad."""
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "launcher_cost.py"), "--number", "5",
+                             "--kernels-dir", str(ROOT / "kernels")], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "relu(x @ w1)" in result.stdout
