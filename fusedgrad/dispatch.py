@@ -121,11 +121,12 @@ def resolve(tensor: torch.Tensor, *, gemm: bool = False) -> str:
 
     `gemm=True` for the autograd matrix products (`mm`, `mm_relu`): there "auto" also leaves a
     float32 product at IEEE precision (torch's setting "ieee", fusedgrad's fp32 precision
-    "torch") to ATen. Without tensor cores Triton's IEEE dot is FMA code, predicted slower than
-    cuBLAS's SGEMM at GEMM-bound sizes (ReLU fusion saves one elementwise pass, a few percent
-    there); at the tutorial's size the step is host-bound and ATen's loop ran 2.2x Triton's
-    (H200, bench/NOTES.md v5f). tf32, "tf32x3" and 16-bit products stay on Triton, as does the
-    fused `train_step` (its own measured path); backend "triton" forces Triton everywhere."""
+    "torch") to ATen, outside autocast. Evidence, one H200 run (bench/NOTES.md v5f): at the
+    tutorial's size the autograd loop is host-bound, and all-ATen ran 2.2x all-Triton, while
+    the five GEMMs' GPU time (cuBLAS 31 µs, Triton 40) was a few percent of either step.
+    Predicted, not measured: at GEMM-bound sizes cuBLAS's SGEMM beats Triton's FMA dot by more
+    than the one elementwise pass fusion saves. tf32, "tf32x3" and 16-bit products stay on
+    Triton, as do the loss, SGD and the fused `train_step`; backend "triton" forces Triton."""
     name = current_backend()
     if name == "aten":
         return "aten"
@@ -134,7 +135,9 @@ def resolve(tensor: torch.Tensor, *, gemm: bool = False) -> str:
             return "aten"
         ieee = (gemm and tensor.dtype == torch.float32 and current_fp32_precision() == "torch"
                 and torch_fp32_precision() == "ieee")
-        return "aten" if ieee else "triton"
+        # Under autocast torch.mm would compute in 16 bits while Triton computes in the inputs'
+        # dtype: there the product stays on Triton, so the output dtype does not hinge on tf32.
+        return "aten" if ieee and not torch.is_autocast_enabled("cuda") else "triton"
     if tensor.dtype not in TRITON_DTYPES:
         raise TypeError(f"backend 'triton': the Triton kernels take float16, bfloat16 and float32, "
                         f"got {tensor.dtype}; use backend 'aten' or 'auto' for it")

@@ -118,3 +118,26 @@ def test_launcher_cost_script_loads_a_kernels_folder(tmp_path):
                             timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "relu(x @ w1)" in result.stdout
+
+
+@pytest.mark.parametrize("backend", ["aten", "triton"])
+def test_saved_for_backward_bytes_per_backend(backend):
+    """The activation-memory count of `bench/run.py`: fusedgrad's autograd ops keep h once and
+    one N x D_out tensor for the loss on either backend (Triton: interpreted on CPU)."""
+    import fusedgrad
+    from helpers import kernel_device
+
+    bench = load_bench_module()
+    case = bench.Case(8, 16, 8, 4, "fp32")
+    device = torch.device(kernel_device() if backend == "triton" else "cpu")
+    x, y, w1, w2 = bench.make_data(case, device, torch.float32)
+    w1.requires_grad_()
+    w2.requires_grad_()
+    with fusedgrad.backend(backend):
+        step, _, _ = bench.build("fusedgrad-autograd", x, y, w1, w2, 1e-3)
+        assert bench.saved_for_backward_bytes(step, (x, y, w1, w2)) == 4 * (8 * 8 + 8 * 4)
+        # nothing excluded, data and weights count too: Triton's mm_relu saves x and w1, ATen's mm
+        # only x (x needs no gradient, so w1 is not needed); both save w2; ATen's loss saves y
+        with_data = bench.saved_for_backward_bytes(step, ())
+    data = {"triton": 8 * 16 + 16 * 8 + 8 * 4, "aten": 8 * 16 + 8 * 4 + 8 * 4}[backend]
+    assert with_data == 4 * (8 * 8 + 8 * 4 + data)
