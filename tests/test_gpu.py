@@ -175,6 +175,11 @@ def test_auto_leaves_ieee_fp32_products_to_cublas():
                 with fusedgrad.backend(name):
                     outputs[name] = fusedgrad.mm_relu(a, b)
         assert torch.equal(outputs["auto"], outputs[expected]), (torch_setting, ours)
+    with torch_fp32_setting("ieee"), torch.autocast("cuda", dtype=torch.bfloat16):
+        under_autocast = fusedgrad.mm_relu(a, b)  # stays on Triton: fp32 out, not torch.mm's bf16
+        with fusedgrad.backend("triton"):
+            assert torch.equal(under_autocast, fusedgrad.mm_relu(a, b))
+    assert under_autocast.dtype == torch.float32
 
 
 def test_tf32x3_is_near_ieee_accuracy():
