@@ -4,7 +4,8 @@
     grad_a = (grad_out * relu'(out)) @ b.T     relu'(out) = 0 where out <= 0, else 1
     grad_b = a.T @ (grad_out * relu'(out))
 
-On the Triton backend, backward saves a, b and out (never the pre-activation) and applies
+On the Triton backend, forward saves out (never the pre-activation), and a and b where
+backward needs them (b for grad_a, a for grad_b, as torch.mm), and backward applies
 relu'(out) inside the two backward GEMMs as they load grad_out. `matmul_reference` is the same
 computation in ATen: the test oracle, and the ATen backend itself. There it runs under torch's
 own autograd (mm, then an in-place relu that saves only its output: the same tensors saved),
@@ -47,7 +48,10 @@ class TritonMatmulFunction(torch.autograd.Function):
         # Backward runs at the forward's fp32 precision, wherever `backward()` is called.
         ctx.fp32_precision = dispatch.kernel_fp32_precision()
         out = dispatch.load_kernels().matmul(a, b, relu=relu, fp32_precision=ctx.fp32_precision)
-        ctx.save_for_backward(a, b, out if relu else None)  # out doubles as the ReLU mask
+        # As torch.mm does: grad_a needs b, grad_b needs a, so a frozen b keeps no activation
+        # a alive. out doubles as the ReLU mask.
+        needs_a, needs_b = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(a if needs_b else None, b if needs_a else None, out if relu else None)
         return out
 
     @staticmethod

@@ -136,8 +136,8 @@ def test_saved_for_backward_bytes_per_backend(backend):
     with fusedgrad.backend(backend):
         step, _, _ = bench.build("fusedgrad-autograd", x, y, w1, w2, 1e-3)
         assert bench.saved_for_backward_bytes(step, (x, y, w1, w2)) == 4 * (8 * 8 + 8 * 4)
-        # nothing excluded, data and weights count too: Triton's mm_relu saves x and w1, ATen's mm
-        # only x (x needs no gradient, so w1 is not needed); both save w2; ATen's loss saves y
+        # nothing excluded, data and weights count too: x (for grad_w1; x needs no gradient, so
+        # w1 is not saved) and w2 (for grad_h) on both backends, y by ATen's loss
         with_data = bench.saved_for_backward_bytes(step, ())
-    data = {"triton": 8 * 16 + 16 * 8 + 8 * 4, "aten": 8 * 16 + 8 * 4 + 8 * 4}[backend]
+    data = {"triton": 8 * 16 + 8 * 4, "aten": 8 * 16 + 8 * 4 + 8 * 4}[backend]
     assert with_data == 4 * (8 * 8 + 8 * 4 + data)

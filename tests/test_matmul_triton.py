@@ -159,6 +159,22 @@ def test_only_needed_gradients_are_computed(needs, kernel_calls):
     assert masks == [m for m, need in zip(["a_relu_mask", "b_relu_mask"], needs) if need]
 
 
+@pytest.mark.parametrize("needs", [(True, False), (False, True), (True, True)], ids=str)
+def test_saves_only_what_backward_needs(needs):
+    """Like torch.mm: b is saved for grad_a, a for grad_b, and the output for the ReLU mask, so a
+    frozen weight keeps no activation alive."""
+    a = make_operand(8, 16, torch.float32, DEVICE).requires_grad_(needs[0])
+    b = make_operand(16, 12, torch.float32, DEVICE).requires_grad_(needs[1])
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = fusedgrad.mm_relu(a, b)
+    expected = [t for t, need in ((a, needs[1]), (b, needs[0])) if need] + [out]
+    assert len(saved) == len(expected)
+    assert all(s.data_ptr() == e.data_ptr() and s.shape == e.shape for s, e in zip(saved, expected))
+    out.sum().backward()
+    assert (a.grad is not None, b.grad is not None) == needs
+
+
 def test_backend_of_forward_also_runs_backward(kernel_calls):
     a = make_operand(8, 16, torch.float32, DEVICE).requires_grad_()
     b = make_operand(16, 12, torch.float32, DEVICE).requires_grad_()
