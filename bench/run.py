@@ -20,8 +20,9 @@ above the weights and data over the whole run (compilation and a CUDA graph's po
 the activation memory saved for backward (the distinct storages autograd's saved-tensor hooks
 see in one step, data and weights left out; variants with an autograd tape only), and the
 largest relative difference of the final loss and weights against eager. A row whose
-difference is above its precision's bound is flagged WRONG and gets no speedup. Output: a markdown table on stdout, JSON (with the environment) and, when
-matplotlib is installed, a PNG plot; progress lines go to stderr.
+difference is above its precision's bound is flagged WRONG and gets no speedup. Output: a
+markdown table on stdout, JSON (with the environment) and, when matplotlib is installed, a PNG
+plot; progress lines go to stderr.
 """
 
 from __future__ import annotations
