@@ -33,8 +33,8 @@ def two_layer_sgd_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: t
     loss_config, programs = gemm.plan(batch, d_out, hidden, x.dtype, x.device)
     partials = torch.empty(programs + 1, dtype=torch.float32, device=x.device)
     loss = partials[programs]  # the last slot holds the sum of the others
-    # launch
-    precision = dict(fp32_precision=fp32_precision)
+    # launch (torch's fp32 setting read once for the five GEMMs: host time bounds this step)
+    precision = dict(fp32_precision=gemm.input_precision(x.dtype, fp32_precision))
     gemm.launch(x, w1, h, epilogue="relu", **precision)
     gemm.launch(h, w2, grad_y, epilogue="squared_error", aux=y, partials=partials, scale=2.0,
                 config=loss_config, **precision)
