@@ -13,8 +13,9 @@ them only where they measure faster.
 Autotuning (opt in: FUSEDGRAD_AUTOTUNE=1, or `set_autotune(True)`): the first launch of a kernel
 variant in a shape bucket times every candidate configuration with
 `triton.testing.do_bench_cudagraph` (GPU time, no host launch cost) on scratch outputs (inputs
-are only read; the caller's outputs and parameters are not touched) and keeps the fastest. The trade-off: a few seconds of compiling and timing per new bucket, in
-exchange for tiles and split-K chosen by measurement on this GPU rather than by rule.
+are only read; the caller's outputs and parameters are not touched) and keeps the fastest. The
+trade-off: a few seconds of compiling and timing per new bucket, in exchange for tiles and
+split-K chosen by measurement on this GPU rather than by rule.
 - Keys: GPU name, triton version, dtype and dot precision, the variant (epilogue and masked
   operand), the operands' layouts (row- or column-major), and M, N, K rounded up to powers of
   two, so a new batch size within the same bucket reuses the result instead of retuning.
