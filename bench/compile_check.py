@@ -2,6 +2,7 @@
 
     python bench/compile_check.py                # exit status 1 if any variant fails to compile
     python bench/compile_check.py --candidates   # also every autotuning candidate, with resources
+    python bench/compile_check.py --ptx-digest   # one digest of each variant's PTX, to diff refactors
 
 Triton's interpreter runs kernels on the CPU but skips the compiler, so it cannot catch what
 only the GPU toolchain rejects (tl.dot shape rules, type errors in constexpr branches, pointer
@@ -46,6 +47,24 @@ def _resources(compiled) -> dict:
     return found
 
 
+def ptx_digest(ptx: str) -> str:
+    """A digest of the code in `ptx`, blind to what a pure refactor of the source changes but
+    the code does not: debug lines (`.file`, `.loc`, the debug sections, which carry source
+    paths and line numbers) and the numbering of the kernel's parameters (its header is left
+    out, and each `_param_N` is renamed by order of first use, so dropping an unused argument
+    leaves the digest alone)."""
+    import hashlib
+    body = ptx.split(".section\t.debug", 1)[0].split(".section .debug", 1)[0]
+    entry = body.find(".entry")
+    if entry >= 0:  # skip the parameter list: from `.entry name(` to its closing `)`
+        body = body[:entry] + body[body.index(")", entry) + 1:]
+    lines = [line for line in body.splitlines() if not line.strip().startswith((".file", ".loc", "//"))]
+    renamed: dict[str, str] = {}
+    text = re.sub(r"\w+_param_\d+", lambda m: renamed.setdefault(m.group(0), f"param{len(renamed)}"),
+                  "\n".join(lines))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--candidates", action="store_true",
@@ -53,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                              "both gated backward layouts; the heuristic's tile also with the fused "
                              "step's epilogues) and report registers, spills and shared memory")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each variant's resources")
+    parser.add_argument("--ptx-digest", action="store_true",
+                        help="print `digest name` for every variant (see `ptx_digest`): equal digests "
+                             "before and after a refactor mean the same code")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("compile_check.py compiles kernels: unset TRITON_INTERPRET", file=sys.stderr)
@@ -106,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                             f"(more than {max_spill_bytes}): not a candidate worth timing")
         if report or args.verbose:
             print(f"{name}: {resources['text']}")
+        if args.ptx_digest:
+            print(f"digest {ptx_digest(compiled.asm['ptx'])} {name}")
 
     def gemm_types(dtype):
         def types(name):
