@@ -106,7 +106,7 @@ def environment(folder: pathlib.Path) -> dict | None:
 
 def environment_line(env: dict) -> str:
     """GPU, versions, date and commit of a run, as far as its environment record has them."""
-    parts = [f"**{env['gpu']}**", f"torch {env['torch']}", f"triton {env['triton']}"]
+    parts = [f"**{env.get('gpu') or env['device']}**", f"torch {env['torch']}", f"triton {env['triton']}"]
     parts += [f"{label} {env[name]}" for name, label in (("cuda", "CUDA"), ("cuda_driver", "driver")) if env.get(name)]
     parts += [env["date"][:10], f"commit {str(env.get('git_commit'))[:10]}"]
     return ", ".join(parts)
