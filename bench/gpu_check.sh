@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: install this checkout, then run the stages named in $STAGES
 # (default: all, in this order), writing logs and JSON to the folder given ($1), at most 8 files:
-#   tests    every test tier, compiled (tier 3 included), files in parallel  pytest.log  (was ~5 min serial)
-#   train    the trainer: fused step + graph, autograd ops (auto, triton), reference  train.json  ~30 s
+#   tests    every test tier, compiled (tier 3 included), files in parallel  pytest.log
+#   train    the trainer: fused step + graph, autograd ops (auto, triton), reference  train.json
 #   launch   kernels and host launch calls per step, by mode             launch_count.json
-#   kernels  bench/kernels.py --quick, autotuned in bf16                  kernels.json    ~5-8 min
-#   bench    bench/run.py --quick                                         bench_quick.json/.png ~3 min
-# All stages together exceed one 10-minute call: split them, e.g. STAGES="tests train launch"
-# then STAGES="kernels" on the same warm machine, and "bench" if device time remains.
+#   kernels  bench/kernels.py --quick, autotuned in bf16                  kernels.json
+#   bench    bench/run.py --quick                                         bench_quick.json/.png
+# The file names are those bench/summarize.py reads. All stages together exceed one 10-minute
+# call (kernels and bench compile and time the most): split them, e.g. STAGES="tests train
+# launch" then STAGES="kernels" on the same warm machine, and "bench" if device time remains.
+# GIT_COMMIT names the commit in every JSON's environment (bench/common.py) where the copy of
+# the checkout has no .git to ask.
 # Usage: GIT_COMMIT=$(git rev-parse HEAD) STAGES="tests kernels" bash bench/gpu_check.sh OUT_DIR
 set -uo pipefail
 out=${1:?usage: gpu_check.sh OUT_DIR}
@@ -46,10 +49,15 @@ if [[ $stages == *" train "* ]]; then
     name=${variant%%:*}
     python3 -m fusedgrad ${variant#*:} --json "$out/train_$name.tmp" | tail -2
   done
+  # One file, {"step_graph": run, ...}, with the full environment (commit, driver) that the
+  # trainer's own small record leaves out.
   python3 - "$out" <<'PY'
 import json, pathlib, sys
+sys.path.insert(0, "bench")
+import common
 out = pathlib.Path(sys.argv[1])
 runs = {p.stem.removeprefix("train_"): json.loads(p.read_text()) for p in sorted(out.glob("train_*.tmp"))}
+runs["environment"] = common.environment(common.default_device())
 (out / "train.json").write_text(json.dumps(runs, indent=1))
 for p in out.glob("train_*.tmp"):
     p.unlink()

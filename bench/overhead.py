@@ -1,51 +1,51 @@
 """Per-call cost of fusedgrad's ops against eager PyTorch, on CUDA: where the time goes.
 
-    python bench/overhead.py --json bench/results/overhead.json
+    python bench/overhead.py             # writes bench/out/overhead.json
 
-Times (median of `triton.testing.do_bench`, CUDA events, after warm-up), in one process:
-- one forward `relu(a @ b)` at the tutorial's first-layer shape and at 4096^3 in bf16:
+Times (`common.median_us`: median of CUDA-event-timed calls after warm-up), in one process:
+- one forward `relu(a @ b)` at the tutorial's first-layer shape (ieee) and at 4096^3 in bf16:
   eager `torch.relu(torch.mm(a, b))`, `fusedgrad.mm_relu`, and the bare launcher
   `fusedgrad.kernels.matmul` (no autograd, no dispatch) to separate launch from kernel cost;
 - the tutorial's forward + backward (no update), eager against fusedgrad.
+Each product runs at the case's precision on all three (torch's setting, fusedgrad's
+`fp32_precision`, the launcher's argument).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 import torch
 
+import common
 import fusedgrad
-from fusedgrad.train import write_result
 
 
-def median_us(fn) -> float:
-    import triton.testing
-    return 1e3 * triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
-
-
-def forward_cases(m: int, k: int, n: int, dtype: torch.dtype) -> dict:
+def forward_cases(m: int, k: int, n: int, precision: str, device: torch.device) -> dict:
     from fusedgrad import kernels
-    a = torch.randn(m, k, device="cuda", dtype=dtype)
-    b = torch.randn(k, n, device="cuda", dtype=dtype)
-    with fusedgrad.backend("triton"):
+    dtype = common.set_precision(precision)
+    fp32_precision = common.kernel_fp32_precision(precision)
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
+    with fusedgrad.backend("triton"), fusedgrad.fp32_precision(fp32_precision):
         times = {
-            "eager_torch_relu_mm": median_us(lambda: torch.relu(torch.mm(a, b))),
-            "fusedgrad_mm_relu": median_us(lambda: fusedgrad.mm_relu(a, b)),
-            "kernel_launcher": median_us(lambda: kernels.matmul(a, b, relu=True)),
+            "eager_torch_relu_mm": common.median_us(lambda: torch.relu(torch.mm(a, b))),
+            "fusedgrad_mm_relu": common.median_us(lambda: fusedgrad.mm_relu(a, b)),
+            "kernel_launcher": common.median_us(lambda: kernels.matmul(a, b, relu=True, fp32_precision=fp32_precision)),
         }
     flops = 2 * m * n * k
     return {"shape": [m, k, n], "dtype": str(dtype), "median_us": times,
             "tflops": {name: flops / (us * 1e-6) / 1e12 for name, us in times.items()}}
 
 
-def step_case() -> dict:
-    x = torch.randn(64, 1000, device="cuda")
-    y = torch.randn(64, 10, device="cuda")
-    w1 = torch.randn(1000, 100, device="cuda", requires_grad=True)
-    w2 = torch.randn(100, 10, device="cuda", requires_grad=True)
+def step_case(device: torch.device) -> dict:
+    common.set_precision("ieee")
+    batch, d_in, hidden, d_out = common.TUTORIAL
+    x = torch.randn(batch, d_in, device=device)
+    y = torch.randn(batch, d_out, device=device)
+    w1 = torch.randn(d_in, hidden, device=device, requires_grad=True)
+    w2 = torch.randn(hidden, d_out, device=device, requires_grad=True)
 
     def run(forward):
         def step():
@@ -56,23 +56,21 @@ def step_case() -> dict:
 
     eager = run(lambda x, w1, w2: x.mm(w1).clamp(min=0).mm(w2))
     fused = run(lambda x, w1, w2: fusedgrad.mm(fusedgrad.mm_relu(x, w1), w2))
-    with fusedgrad.backend("triton"):
-        return {"eager_forward_backward": median_us(eager), "fusedgrad_forward_backward": median_us(fused)}
+    with fusedgrad.backend("triton"), fusedgrad.fp32_precision("ieee"):
+        return {"eager_forward_backward": common.median_us(eager),
+                "fusedgrad_forward_backward": common.median_us(fused)}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", help="write the numbers and the environment here")
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("overhead.py times CUDA kernels; no CUDA device here", file=sys.stderr)
-        return 1
+def main(argv: list[str] | None = None) -> int:
+    args = common.parser(__doc__, "overhead.json").parse_args(argv)
+    device = common.require_cuda("overhead.py times CUDA kernels")
+    batch, d_in, hidden, _ = common.TUTORIAL
     result = {
-        "forward": [forward_cases(64, 1000, 100, torch.float32),
-                    forward_cases(4096, 4096, 4096, torch.bfloat16)],
-        "tutorial_step_median_us": step_case(),
+        "forward": [forward_cases(batch, d_in, hidden, "ieee", device),
+                    forward_cases(4096, 4096, 4096, "bf16", device)],
+        "tutorial_step_median_us": step_case(device),
     }
-    print(json.dumps(write_result(args.json, result, torch.device("cuda")), indent=2))
+    print(json.dumps(common.write_result(args.json, result, device), indent=2))
     return 0
 
 

@@ -1,57 +1,40 @@
 """GPU time of the tutorial's five GEMMs: tile heuristic against fixed 64/128 tiles and cuBLAS.
 
-    python bench/tiles.py --json bench/results/tiles.json
+    python bench/tiles.py                # writes bench/out/tiles.json
 
-Host launch overhead is taken out: each variant's 20 launches are captured in a CUDA graph and
-the graph's replay is timed (median of `triton.testing.do_bench`), then divided by 20.
+Host launch overhead is taken out: each variant's REPS launches are captured in a CUDA graph
+and the graph's replay is timed (`common.graph_replay_us`). All products at IEEE precision.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 import torch
 
-from fusedgrad.train import write_result
+import common
+from fusedgrad.kernels import GemmConfig
 
 REPS = 20
 
 
-def graph_us(fn) -> float:
-    import triton.testing
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()  # compile and warm up outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(REPS):
-            fn()
-    return 1e3 * triton.testing.do_bench(graph.replay, warmup=50, rep=300, return_mode="median") / REPS
-
-
-def fixed_tiles(M: int, N: int, dtype: torch.dtype) -> dict:
+def fixed_tiles(M: int, N: int, dtype: torch.dtype) -> GemmConfig:
     """The first version's tiles: 64 or 128 wide whatever the multiprocessor count."""
     block_m, block_n = (64 if M <= 64 else 128), (64 if N <= 64 else 128)
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=32 if dtype == torch.float32 else 64,
-                GROUP_M=8, num_warps=4 if block_m * block_n <= 64 * 64 else 8, num_stages=3)
+    return GemmConfig(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=32 if dtype == torch.float32 else 64,
+                      GROUP_M=8, num_warps=4 if block_m * block_n <= 64 * 64 else 8, num_stages=3)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json")
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("tiles.py times CUDA kernels; no CUDA device here", file=sys.stderr)
-        return 1
+def main(argv: list[str] | None = None) -> int:
+    args = common.parser(__doc__, "tiles.json").parse_args(argv)
+    device = common.require_cuda("tiles.py times CUDA kernels")
     from fusedgrad import kernels
-    torch.backends.cuda.matmul.fp32_precision = "ieee"
-    x, w1, w2 = (torch.randn(*s, device="cuda") for s in ((64, 1000), (1000, 100), (100, 10)))
+    common.set_precision("ieee")  # cuBLAS; fusedgrad gets fp32_precision="ieee" below
+    batch, d_in, hidden, d_out = common.TUTORIAL
+    x, w1, w2 = (torch.randn(*s, device=device) for s in ((batch, d_in), (d_in, hidden), (hidden, d_out)))
     h = torch.relu(x @ w1)
-    grad_y = torch.randn(64, 10, device="cuda")
+    grad_y = torch.randn(batch, d_out, device=device)
     grad_h = grad_y @ w2.T
     gemms = {  # name: (a, b, kwargs of the launcher, cuBLAS equivalent)
         "forward1 relu(x@w1)": (x, w1, dict(relu=True), lambda: torch.relu(torch.mm(x, w1))),
@@ -64,14 +47,17 @@ def main() -> int:
     rows = []
     for name, (a, b, kwargs, cublas) in gemms.items():
         (M, K), N = a.shape, b.shape[1]
+        kwargs = dict(kwargs, fp32_precision="ieee")
+        fixed = fixed_tiles(M, N, a.dtype)
         rows.append({
             "gemm": name, "M": M, "N": N, "K": K,
-            "heuristic_us": graph_us(lambda: kernels.matmul(a, b, **kwargs)),
-            "fixed_tiles_us": graph_us(lambda: kernels.matmul(a, b, config=fixed_tiles(M, N, a.dtype), **kwargs)),
-            "cublas_us": graph_us(cublas),
+            "heuristic_us": common.graph_replay_us(lambda: kernels.matmul(a, b, **kwargs), REPS),
+            "fixed_tiles_us": common.graph_replay_us(lambda: kernels.matmul(a, b, config=fixed, **kwargs), REPS),
+            "cublas_us": common.graph_replay_us(cublas, REPS),
         })
-        print(json.dumps(rows[-1]))
-    write_result(args.json, {"rows": rows, "reps_per_graph": REPS}, torch.device("cuda"))
+        print(json.dumps(rows[-1]), flush=True)
+    common.write_result(args.json, {"rows": rows, "reps_per_graph": REPS}, device)
+    common.log(f"wrote {args.json}")
     return 0
 
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
+import json
 import sys
 
 import torch
 
-from .dispatch import BACKENDS, TRITON_DTYPES
-from .train import MODES, TrainConfig, resolve_device, resolve_mode, train, write_result
-
-DTYPES = ("float32", "float16", "bfloat16", "float64")
+from .kernels.precision import DTYPES, KERNEL_DTYPES
+from .settings import BACKENDS, use_triton_interpreter
+from .train import MODES, TrainConfig, describe_environment, resolve_device, resolve_mode, train
 
 
 def _positive(kind):
@@ -55,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--device", type=_device, default=defaults.device,
                         help="auto (CUDA when available), cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", choices=DTYPES, default=defaults.dtype,
+    parser.add_argument("--dtype", choices=list(DTYPES), default=defaults.dtype,
                         help="float16 overflows at the tutorial's scale (losses ~1e7)")
     parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
                         help="auto: Triton on CUDA, ATen on CPU; triton on CPU runs Triton's interpreter")
@@ -85,10 +84,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     except ValueError as error:
         parser.error(f"--cuda-graph: {error}")
     if config.backend == "triton" and not config.reference:
-        if getattr(torch, config.dtype) not in TRITON_DTYPES:
+        if DTYPES[config.dtype] not in KERNEL_DTYPES:
             parser.error(f"--backend triton takes float32, float16 or bfloat16, not {config.dtype}")
-        if device.type == "cpu" and "triton" not in sys.modules:
-            os.environ["TRITON_INTERPRET"] = "1"  # Triton kernels on CPU tensors run interpreted
+        if device.type == "cpu":
+            use_triton_interpreter()  # Triton kernels on CPU tensors run interpreted
     return config, args
 
 
@@ -102,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         record = {"config": dataclasses.asdict(config), "backend": result.backend, "mode": result.mode,
                   "losses": {str(step): loss for step, loss in result.losses.items()},
-                  "seconds": result.seconds, "steps_per_second": result.steps_per_second, "summary": summary}
-        write_result(args.json, record, resolve_device(config.device))
+                  "seconds": result.seconds, "steps_per_second": result.steps_per_second, "summary": summary,
+                  "environment": describe_environment(resolve_device(config.device))}
+        with open(args.json, "w") as file:
+            json.dump(record, file, indent=2)
     return 0
 
 

@@ -15,17 +15,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.metadata
-import json
-import os
 import platform
-import subprocess
-import sys
 import time
 from typing import Callable
 
 import torch
 
-from . import dispatch
+from . import dispatch, settings
+from .kernels.precision import DTYPES
 from .loss import mse_loss
 from .matmul import mm, mm_relu
 from .optim import SGD
@@ -155,11 +152,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     weights (kernel compilation, allocator warm-up; for a CUDA graph also the capture) runs
     before the clock starts."""
     device = resolve_device(config.device)
-    dtype = getattr(torch, config.dtype)
+    dtype = DTYPES[config.dtype]
     x, y, w1, w2 = make_problem(config, device, dtype)
     mode, cuda_graph = resolve_mode(config, device)
 
-    with dispatch.backend(config.backend):
+    with settings.backend(config.backend):
         backend = describe_backend(mode, x)
         warm_w1, warm_w2 = (w.detach().clone().requires_grad_() for w in (w1, w2))
         make_step(mode, False, x, y, warm_w1, warm_w2, config.lr)()
@@ -187,47 +184,26 @@ def describe_device(device: torch.device) -> str:
     return str(device)
 
 
-def write_result(path: str | os.PathLike | None, result: dict, device: torch.device) -> dict:
-    """Add the environment of `device` to `result` and, when `path` is given, write it as JSON."""
-    result["environment"] = environment(device)
-    if path:
-        with open(path, "w") as file:
-            json.dump(result, file, indent=2)
-    return result
-
-
-def environment(device: torch.device) -> dict:
-    """Versions and hardware for result files: GPU, driver/CUDA, torch, triton, Python, commit."""
+def describe_environment(device: torch.device) -> dict:
+    """What a run's JSON record says about where it ran: the date, the Python, torch, triton and
+    CUDA versions, the device (and the GPU's name on CUDA). No subprocesses; the benchmarks add
+    the commit, driver and platform (`bench/common.py`)."""
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "triton": _package_version("triton"),
+        "triton": _installed_version("triton"),
         "cuda": torch.version.cuda,
-        "git_commit": os.environ.get("GIT_COMMIT") or _command_output(["git", "rev-parse", "HEAD"]),
         "device": describe_device(device),
-        "platform": platform.platform(),
     }
     if device.type == "cuda":
-        properties = torch.cuda.get_device_properties(device)
-        info["gpu"] = properties.name
-        info["gpu_multiprocessors"] = properties.multi_processor_count
-        info["gpu_memory_bytes"] = properties.total_memory
-        info["cuda_driver"] = _command_output(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+        info["gpu"] = torch.cuda.get_device_name(device)
     return info
 
 
-def _package_version(name: str) -> str | None:
+def _installed_version(package: str) -> str | None:
+    """The installed version of `package`, read without importing it (triton loads lazily)."""
     try:
-        return importlib.metadata.version(name)
+        return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def _command_output(command: list[str]) -> str | None:
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip().splitlines()[0] if result.returncode == 0 and result.stdout.strip() else None

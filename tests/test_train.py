@@ -1,7 +1,10 @@
 """The trainer (`fusedgrad.train`) and its CLI (`python -m fusedgrad`)."""
 
+import datetime
+import importlib.metadata
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -89,14 +92,25 @@ def test_cli_triton_backend_on_cpu_runs_interpreted(tmp_path):
         assert "Step: 1 :" in result.stdout and f"backend triton | mode {mode} |" in result.stdout
 
 
-def test_cli_writes_json(tmp_path, capsys):
+def test_cli_writes_json(tmp_path, capsys, monkeypatch):
+    """The record's environment is made in fusedgrad without subprocesses: versions, device,
+    date (the benchmarks add the commit and the driver, `bench/common.py`)."""
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError(f"the CLI started a subprocess: {args}")
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
     path = tmp_path / "run.json"
     assert main(["--device", "cpu", "--steps", "100", "--json", str(path)]) == 0
 
     record = json.loads(path.read_text())
     assert record["config"]["steps"] == 100 and record["backend"] == "aten" and record["mode"] == "step"
     assert set(record["losses"]) == {"1", "100"} and record["steps_per_second"] > 0
-    assert record["environment"]["torch"] == torch.__version__
+    environment = record["environment"]
+    assert environment["torch"] == torch.__version__ and environment["device"] == "cpu"
+    assert environment["python"] == platform.python_version() and environment["cuda"] == torch.version.cuda
+    assert environment["triton"] == importlib.metadata.version("triton")
+    assert datetime.datetime.fromisoformat(environment["date"]).tzinfo is not None
+    assert set(environment) == {"date", "python", "torch", "triton", "cuda", "device"}  # and "gpu" on CUDA
     assert record["summary"] == capsys.readouterr().out.splitlines()[-1]
 
 
