@@ -1,6 +1,6 @@
 """Kernel-level benchmark: fusedgrad's matmul-ReLU GEMMs against cuBLAS over M, N, K sweeps.
 
-    python bench/kernels.py                    # the sweep below, JSON + markdown in bench/results/
+    python bench/kernels.py                    # the sweep below, JSON (bench/out/kernels.json) + markdown
     python bench/kernels.py --quick            # 4096^3 per precision and the tutorial's GEMMs
     python bench/kernels.py --autotune         # adds fusedgrad's autotuned configs as a variant
     python bench/kernels.py --quick --autotune bf16 tf32   # ... for some precisions only
@@ -17,13 +17,17 @@ fusedgrad runs with its shape heuristic ("fusedgrad"), with autotuning ("fusedgr
 as persistent programs with TMA loads ("fusedgrad-persistent<BLOCK_M>x<BLOCK_N>"), forward only.
 fusedgrad launches grad_b = a.T @ gated(grad_out) as its transpose (gated A);
 "fusedgrad-gate-B" launches it as written, to measure the difference.
+Precisions are `fusedgrad.kernels.precision.PRECISIONS` names: bf16, fp16, tf32 (float32 inputs,
+tf32 products) and ieee (float32 at IEEE precision); fusedgrad gets the product as its
+`fp32_precision` argument, cuBLAS as torch's setting.
 Each implementation's launches are captured in a CUDA graph and the replay is timed
-(`triton.testing.do_bench` median, warm-up first): host launch cost is excluded, so the
-numbers are GPU time; operands stay in L2 between launches when they fit. Per row: µs, TFLOP/s
+(`common.graph_replay_us`): host launch cost is excluded, so the numbers are GPU time;
+operands stay in L2 between launches when they fit. Per row: µs, TFLOP/s
 (2MNK per GEMM), percent of the dense torch.mm peak measured in the same run, the bytes each
 implementation moves beyond reading its operands and writing its results once (modelled), and
 the relative error against float64 ("WRONG" rows are never counted as wins).
-fp32 rows also report the error of IEEE, tf32 and 3xTF32 dots (fusedgrad.fp32_precision).
+With ieee, the run also reports the error of fusedgrad's IEEE, tf32 and 3xTF32 dots and
+cuBLAS's IEEE and tf32 products on inputs whose columns span 1e-3 to 1e3.
 Without CUDA the script runs the kernels under Triton's interpreter at a tiny size: a smoke test
 of the script, not a measurement.
 """
@@ -31,89 +35,68 @@ of the script, not a measurement.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
-import os
-import pathlib
-import statistics
 import sys
-import time
 
 import torch
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
-PRECISIONS = ("bf16", "fp16", "tf32", "fp32")
-DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32, "fp32": torch.float32}
-TOLERANCE = {"bf16": 2e-2, "fp16": 3e-3, "tf32": 3e-3, "fp32": 1e-5}  # norm-relative vs float64
+import common
+import fusedgrad
+from fusedgrad import settings
+from fusedgrad.kernels.precision import dot_precision
+
+PRECISIONS = ("bf16", "fp16", "tf32", "ieee")
+TOLERANCE = common.GEMM_VS_FLOAT64
 SWEEP = [(4096, 4096, 4096), (8192, 8192, 8192), (16384, 4096, 4096), (4096, 4096, 16384),
          (1024, 1024, 16384), (256, 4096, 4096), (8192, 256, 8192)]
-TUTORIAL = [(64, 100, 1000), (1000, 100, 64)]  # forward1 and grad_w1 (M, N, K)
+# forward1 x @ w1 and grad_w1 = x.T @ grad_h, as (M, N, K)
+TUTORIAL = [(common.TUTORIAL.batch, common.TUTORIAL.hidden, common.TUTORIAL.d_in),
+            (common.TUTORIAL.d_in, common.TUTORIAL.hidden, common.TUTORIAL.batch)]
 QUICK = [(4096, 4096, 4096)]
+log = common.log
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def set_precision(precision: str) -> torch.dtype:
-    torch.backends.cuda.matmul.fp32_precision = "tf32" if precision == "tf32" else "ieee"
-    return DTYPE[precision]
-
-
-def graph_us(fn, device: torch.device, flops: float) -> float:
-    """GPU time of one call of `fn`: several calls captured in a CUDA graph, replay timed."""
+def time_us(fn, device: torch.device, flops: float) -> float:
+    """GPU µs of one call of `fn` from CUDA-graph replays, or wall-clock µs off CUDA (the
+    interpreter: a smoke test, not a measurement)."""
     if device.type != "cuda":
-        fn()
-        times = []
-        for _ in range(2):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return 1e6 * statistics.median(times)
-    import triton.testing
-    reps = max(1, min(20, int(2e12 / max(flops, 1))))  # about 2 ms of work per replay at 1 PFLOP/s
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        fn()  # compile (and autotune) outside the capture
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    return 1e3 * triton.testing.do_bench(graph.replay, warmup=25, rep=200, return_mode="median") / reps
+        return common.wall_us(fn)
+    calls = max(1, min(20, int(2e12 / max(flops, 1))))  # about 2 ms of work per replay at 1 PFLOP/s
+    return common.graph_replay_us(fn, calls, warmup_ms=25, rep_ms=200)
 
 
-def relative_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
-    actual = actual.double().to(reference.device)
-    return ((actual - reference).norm() / reference.norm().clamp_min(1e-30)).item()
-
-
-def implementations(a, b, grad_out, out, kernels, configs: dict) -> dict:
-    """{pass: {name: fn returning the pass's outputs}} for the operands of one case."""
+def implementations(a, b, grad_out, out, kernels, variants: dict, tuned: dict | None) -> dict:
+    """{pass: {name: fn returning the pass's outputs}} for the operands of one case. `variants`
+    maps fusedgrad's implementation names to `kernels.matmul` keyword arguments ("fusedgrad":
+    the plain launch); those with a fixed `config` are chosen for the forward's shape, so they
+    run the forward only. `tuned`, when given, is the autotuned launch ("fusedgrad-autotuned",
+    last in every pass)."""
     zero_bias = torch.zeros(b.shape[1], dtype=a.dtype, device=a.device)
+    plain = variants["fusedgrad"]
     passes = {"forward": {}, "backward": {}, "fwd+bwd": {}}
 
-    def ours_forward(config):
-        return lambda: (kernels.matmul(a, b, relu=True, config=config),)
+    def ours_forward(launch):
+        return lambda: (kernels.matmul(a, b, relu=True, **launch),)
 
-    def ours_backward(config):
-        return lambda: (kernels.matmul(grad_out, b.T, a_relu_mask=out, config=config),
-                        kernels.matmul(a.T, grad_out, b_relu_mask=out, config=config))
+    def ours_backward(launch):
+        return lambda: (kernels.matmul(grad_out, b.T, a_relu_mask=out, **launch),
+                        kernels.matmul(a.T, grad_out, b_relu_mask=out, **launch))
 
-    def ours_both(config):
+    def ours_both(launch):
         def run():
-            forward_out = kernels.matmul(a, b, relu=True, config=config)
-            return (forward_out, kernels.matmul(grad_out, b.T, a_relu_mask=forward_out, config=config),
-                    kernels.matmul(a.T, grad_out, b_relu_mask=forward_out, config=config))
+            forward_out = kernels.matmul(a, b, relu=True, **launch)
+            return (forward_out, kernels.matmul(grad_out, b.T, a_relu_mask=forward_out, **launch),
+                    kernels.matmul(a.T, grad_out, b_relu_mask=forward_out, **launch))
         return run
 
-    for name, config in configs.items():
-        passes["forward"][name] = ours_forward(config)
-        if config is None:  # a fixed config (split-K) is chosen for the forward's shape only
-            passes["backward"][name] = ours_backward(config)
-            passes["fwd+bwd"][name] = ours_both(config)
+    def add_ours(name, launch):
+        passes["forward"][name] = ours_forward(launch)
+        if "config" not in launch:
+            passes["backward"][name] = ours_backward(launch)
+            passes["fwd+bwd"][name] = ours_both(launch)
+
+    for name, launch in variants.items():
+        add_ours(name, launch)
 
     # grad_b launched as written (B gated), to measure what the transposed launch buys (each
     # formulation with the heuristic's tiles for its own shape).
@@ -121,15 +104,15 @@ def implementations(a, b, grad_out, out, kernels, configs: dict) -> dict:
 
     def grad_b_gating_b(forward_out):
         grad_b = torch.empty(b.shape, dtype=a.dtype, device=a.device)
-        gemm.launch(a.T, grad_out, grad_b, mask_operand=gemm.MASK_B, gate=forward_out)
+        gemm.launch(a.T, grad_out, grad_b, mask_operand=gemm.MASK_B, gate=forward_out, **plain)
         return grad_b
 
     passes["backward"]["fusedgrad-gate-B"] = lambda: (
-        kernels.matmul(grad_out, b.T, a_relu_mask=out), grad_b_gating_b(out))
+        kernels.matmul(grad_out, b.T, a_relu_mask=out, **plain), grad_b_gating_b(out))
 
     def both_gating_b():
-        forward_out = kernels.matmul(a, b, relu=True)
-        return (forward_out, kernels.matmul(grad_out, b.T, a_relu_mask=forward_out),
+        forward_out = kernels.matmul(a, b, relu=True, **plain)
+        return (forward_out, kernels.matmul(grad_out, b.T, a_relu_mask=forward_out, **plain),
                 grad_b_gating_b(forward_out))
     passes["fwd+bwd"]["fusedgrad-gate-B"] = both_gating_b
 
@@ -146,6 +129,8 @@ def implementations(a, b, grad_out, out, kernels, configs: dict) -> dict:
         forward_out = torch.relu(torch.mm(a, b))
         return (forward_out, *torch_backward(forward_out))
     passes["fwd+bwd"]["torch.mm+relu"] = torch_both
+    if tuned is not None:
+        add_ours("fusedgrad-autotuned", tuned)
     return passes
 
 
@@ -167,49 +152,55 @@ def extra_bytes(pass_name: str, name: str, M: int, N: int, itemsize: int) -> int
     return model[pass_name]
 
 
-def dense_peak(precision: str, device: torch.device, n: int) -> float | None:
-    if device.type != "cuda":
-        return None
-    import triton.testing
-    dtype = set_precision(precision)
-    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
-    ms = triton.testing.do_bench(lambda: torch.mm(a, b), warmup=100, rep=400, return_mode="median")
-    return 2 * n**3 / (ms * 1e-3) / 1e12
-
-
 def fp32_errors(a, b, kernels) -> dict:
     """Relative error vs float64 of fusedgrad's IEEE, tf32 and 3xTF32 dots and cuBLAS's."""
     reference = a.double() @ b.double()
-    errors = {f"fusedgrad-{p}": relative_error(kernels.matmul(a, b, fp32_precision=p), reference)
+    errors = {f"fusedgrad-{p}": common.relative_error(kernels.matmul(a, b, fp32_precision=p), reference)
               for p in ("ieee", "tf32", "tf32x3")}
     for precision in ("ieee", "tf32"):
-        set_precision("tf32" if precision == "tf32" else "fp32")
-        errors[f"cublas-{precision}"] = relative_error(torch.mm(a, b), reference)
-    set_precision("fp32")
+        common.set_precision(precision)
+        errors[f"cublas-{precision}"] = common.relative_error(torch.mm(a, b), reference)
+    common.set_precision("ieee")
     return errors
 
 
+def fixed_variants(a, b, fp32_precision: str, kernels) -> dict:
+    """The autotuner's candidates worth a row of their own on this GPU, as `kernels.matmul`
+    arguments: split-K ("fusedgrad-splitK<n>") and persistent TMA programs
+    ("fusedgrad-persistent<BLOCK_M>x<BLOCK_N>", where TMA can describe a and b)."""
+    gemm, tuning = kernels.gemm, kernels.tuning
+    (M, K), N = a.shape, b.shape[1]
+    index = tuning.device_index(a.device)
+    input_precision = dot_precision(a.dtype, fp32_precision)
+    tma = tuning.has_tma(index) and tuning.tma_suits(a, b, input_precision)
+    found = {}
+    for config in tuning.candidates(M, N, K, a.dtype, input_precision, tuning.multiprocessors(index), tma):
+        launch = dict(config=config, fp32_precision=fp32_precision)
+        if config.SPLIT_K > 1:
+            found[f"fusedgrad-splitK{config.SPLIT_K}"] = launch
+        if config.PERSISTENT and gemm.tma_layout(a) and gemm.tma_layout(b):
+            found[f"fusedgrad-persistent{config.BLOCK_M}x{config.BLOCK_N}"] = launch
+    return found
+
+
 def run_case(precision: str, shape: tuple[int, int, int], device: torch.device, args, peak) -> list[dict]:
-    from fusedgrad.kernels import gemm, tuning
     import fusedgrad.kernels as kernels
     M, N, K = shape
-    dtype = set_precision(precision)
+    dtype = common.set_precision(precision)
+    fp32_precision = common.kernel_fp32_precision(precision)
     generator = torch.Generator(device="cpu").manual_seed(M * 31 + N * 7 + K)
     a = torch.randn(M, K, generator=generator).to(device=device, dtype=dtype)
     b = (torch.randn(N, K, generator=generator) / math.sqrt(K)).to(device=device, dtype=dtype).T
     grad_out = torch.randn(M, N, generator=generator).to(device=device, dtype=dtype)
     out = torch.relu(a @ b)
-    configs = {"fusedgrad": None}
+    variants = {"fusedgrad": dict(fp32_precision=fp32_precision)}
     if device.type == "cuda":
-        index = tuning.device_index(device)
-        num_sms = tuning.multiprocessors(index)
-        tma = tuning.has_tma(index) and tuning.tma_suits(a, b, gemm.input_precision(dtype))
-        for config in tuning.candidates(M, N, K, dtype, gemm.input_precision(dtype), num_sms, tma):
-            if config["SPLIT_K"] > 1:
-                configs[f"fusedgrad-splitK{config['SPLIT_K']}"] = config
-            if config.get("PERSISTENT") and gemm.tma_layout(a) and gemm.tma_layout(b):
-                configs[f"fusedgrad-persistent{config['BLOCK_M']}x{config['BLOCK_N']}"] = config
-    autotune = args.autotune is not None and (not args.autotune or precision in args.autotune)
+        variants.update(fixed_variants(a, b, fp32_precision, kernels))
+    tuned = None
+    if args.autotune is not None and (not args.autotune or precision in args.autotune):
+        # Candidates are timed on a launch's first call (outside the graph capture, in
+        # `time_us`'s warm-up or the error check) and reused afterwards.
+        tuned = dict(fp32_precision=fp32_precision, tuner=autotuner())
     # References in float64 (on the GPU: fast enough for the sweep), masked by the rounded `out`.
     a64, b64, g64 = a.double(), b.double(), grad_out.double()
     out64 = torch.relu(a64 @ b64)
@@ -217,14 +208,12 @@ def run_case(precision: str, shape: tuple[int, int, int], device: torch.device, 
     references = {"forward": (out64,), "backward": (masked64 @ b64.T, a64.T @ masked64)}
     references["fwd+bwd"] = references["forward"] + references["backward"]
     rows = []
-    for pass_name, impls in implementations(a, b, grad_out, out, kernels, configs).items():
+    for pass_name, impls in implementations(a, b, grad_out, out, kernels, variants, tuned).items():
         gemms = 1 if pass_name == "forward" else 2 if pass_name == "backward" else 3
         flops = 2 * M * N * K * gemms
-        if autotune:
-            impls["fusedgrad-autotuned"] = _autotuned(impls["fusedgrad"], kernels)
         for name, fn in impls.items():
-            error = max(relative_error(o, e) for o, e in zip(fn(), references[pass_name]))
-            us = graph_us(fn, device, flops)
+            error = max(common.relative_error(o, e) for o, e in zip(fn(), references[pass_name]))
+            us = time_us(fn, device, flops)
             rows.append({
                 "precision": precision, "M": M, "N": N, "K": K, "pass": pass_name, "implementation": name,
                 "us": us, "tflops": flops / (us * 1e-6) / 1e12,
@@ -240,16 +229,11 @@ def run_case(precision: str, shape: tuple[int, int, int], device: torch.device, 
     return rows
 
 
-def _autotuned(heuristic_fn, kernels):
-    """The heuristic's closure run with autotuning on: the chooser times candidates on its first
-    call (outside the graph capture, in `graph_us`'s warm-up) and reuses them afterwards."""
-    def run():
-        kernels.tuning.set_autotune(True)
-        try:
-            return heuristic_fn()
-        finally:
-            kernels.tuning.set_autotune(None)
-    return run
+def autotuner():
+    """The autotuner's store in the cache folder in force (`fusedgrad.cache_dir`, else
+    FUSEDGRAD_CACHE_DIR, else ~/.cache/fusedgrad), shared with fusedgrad's own launches."""
+    with fusedgrad.autotune(True):
+        return settings.tuner()
 
 
 def markdown(rows: list[dict]) -> str:
@@ -281,7 +265,7 @@ def parse_size(text: str) -> tuple[int, int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, "kernels.json")
     parser.add_argument("--quick", action="store_true", help="4096^3 per precision and the tutorial's GEMMs")
     parser.add_argument("--sizes", type=parse_size, nargs="+", help="MxNxK sizes instead of the sweep")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
@@ -289,45 +273,39 @@ def main(argv: list[str] | None = None) -> int:
                         help="add fusedgrad's autotuned configs as a variant (for these precisions; "
                              "all when none is named): compiling and timing the candidates takes minutes")
     parser.add_argument("--peak-size", type=int, default=8192, help="n of the torch.mm n^3 peak measurement")
-    parser.add_argument("--json", type=pathlib.Path, help="result file (default bench/results/kernels-<date>.json)")
     args = parser.parse_args(argv)
 
-    from fusedgrad.train import environment
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = common.default_device()
     if device.type == "cuda":
         sizes = args.sizes or (QUICK if args.quick else SWEEP)
     else:
         log("no CUDA device: the kernels run under Triton's interpreter at a tiny size; "
             "GPU numbers need CUDA")
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+        if not settings.use_triton_interpreter():
+            raise SystemExit("triton was imported before the interpreter could be turned on")
         sizes = args.sizes or [(48, 40, 96)]
-        args.precisions = [p for p in args.precisions if p in ("fp16", "fp32")]  # interpreter: no bf16
+        args.precisions = [p for p in args.precisions if p in ("fp16", "ieee")]  # interpreter: no bf16
     rows, errors = [], {}
     for precision in args.precisions:
-        peak = dense_peak(precision, device, args.peak_size)
+        peak = common.dense_peak_tflops(precision, device, args.peak_size) if device.type == "cuda" else None
         if peak is not None:
             log(f"peak {precision}: {peak:.0f} TFLOP/s (torch.mm {args.peak_size}^3)")
-        shapes = list(sizes) + (TUTORIAL if precision == "fp32" and device.type == "cuda" else [])
+        shapes = list(sizes) + (TUTORIAL if precision == "ieee" and device.type == "cuda" else [])
         for shape in shapes:
             rows.extend(run_case(precision, shape, device, args, peak))
-        if precision == "fp32":
+        if precision == "ieee":
             import fusedgrad.kernels as kernels
             M, N, K = sizes[0]
             a = torch.randn(M, K, device=device) * torch.logspace(-3, 3, K, device=device)
             errors[f"{M}x{N}x{K}"] = fp32_errors(a, torch.randn(K, N, device=device), kernels)
             log(f"fp32 errors vs float64: {errors}")
     result = {"rows": rows, "fp32_errors": errors, "peak_size": args.peak_size,
-              "environment": environment(device)}
-    result["table"] = markdown(rows)
-    result["fp32_error_table"] = fp32_error_markdown(errors)
+              "table": markdown(rows), "fp32_error_table": fp32_error_markdown(errors)}
     if args.autotune is not None:
-        from fusedgrad.kernels import tuning
-        result["autotuned"] = tuning.TUNER.entries()  # key -> chosen config and every candidate's time
-    path = args.json or RESULTS / f"kernels-{datetime.date.today().isoformat()}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
+        result["autotuned"] = autotuner().entries()  # key -> chosen config and every candidate's time
+    common.write_result(args.json, result, device)
     print(result["table"] + "\n\n" + result["fp32_error_table"])
-    log(f"wrote {path}")
+    log(f"wrote {args.json}")
     return 0 if all(r["ok"] for r in rows) else 1
 
 

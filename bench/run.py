@@ -1,15 +1,19 @@
 """Training-step throughput of the tutorial's network, every variant side by side in one process.
 
-    python bench/run.py            # full: three sizes x fp32/tf32/bf16, all variants
-    python bench/run.py --quick    # tutorial size fp32 and 4096^4 bf16; fits a short GPU slot
+    python bench/run.py            # full: three sizes x ieee/tf32/bf16, all variants
+    python bench/run.py --quick    # tutorial size ieee and 4096^4 bf16; fits a short GPU slot
+
+Precisions are named as `fusedgrad.kernels.precision.PRECISIONS` names them: "ieee" (float32
+at IEEE precision), "tf32" (float32 inputs, tf32 products), "bf16". Each case sets torch's
+float32 matmul setting and fusedgrad's `fp32_precision` to the same product.
 
 Variants, all doing the same math at the same precision from the same initial weights:
     eager                     the tutorial's loop in plain PyTorch (autograd, `w -= lr * w.grad`)
     compile / compile-max-autotune / compile-reduce-overhead
                               torch.compile of the loss (forward + AOT backward) and the update
     fusedgrad-autograd        mm_relu, mm, mse_loss and optim.SGD under autograd, backend "auto"
-                              (its GEMMs run on ATen in fp32 at IEEE precision: the row says so)
-    fusedgrad-autograd-triton the same on backend "triton"; run only where "auto" differs (fp32)
+                              (its GEMMs run on ATen at "ieee": the row says so)
+    fusedgrad-autograd-triton the same on backend "triton"; run only where "auto" differs (ieee)
     fusedgrad-step            fusedgrad.train_step (no autograd tape)
     fusedgrad-step-graph      that step replayed from a CUDA graph
 
@@ -21,15 +25,15 @@ the activation memory saved for backward (the distinct storages autograd's saved
 see in one step, data and weights left out; variants with an autograd tape only), and the
 largest relative difference of the final loss and weights against eager. A row whose
 difference is above its precision's bound is flagged WRONG and gets no speedup. Output: a
-markdown table on stdout, JSON (with the environment) and, when matplotlib is installed, a PNG
-plot; progress lines go to stderr.
+markdown table on stdout, JSON (with the environment; default bench/out/bench[_quick].json) and,
+when matplotlib is installed, a PNG plot; progress lines go to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import datetime
 import json
 import logging
 import math
@@ -42,15 +46,17 @@ import time
 
 import torch
 
+import common
+import fusedgrad
 from fusedgrad import dispatch
-from fusedgrad.train import describe_backend, environment, make_step
+from fusedgrad.train import describe_backend, make_step
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 VARIANTS = ("eager", "compile", "compile-max-autotune", "compile-reduce-overhead",
             "fusedgrad-autograd", "fusedgrad-autograd-triton", "fusedgrad-step", "fusedgrad-step-graph")
-PRECISIONS = ("fp32", "tf32", "bf16")
-TOLERANCE = {"fp32": 1e-3, "tf32": 2e-2, "bf16": 5e-2}  # relative difference of weights vs eager
-TUTORIAL = (64, 1000, 100, 10)
+PRECISIONS = ("ieee", "tf32", "bf16")
+TOLERANCE = common.WEIGHTS_VS_EAGER
+TUTORIAL = common.TUTORIAL
+log = common.log
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,15 +75,6 @@ class Case:
     def flops_per_step(self) -> int:
         # forward: x @ w1, h @ w2; backward: grad_h, grad_w2, grad_w1 (x needs no gradient)
         return 4 * self.batch * self.d_in * self.hidden + 6 * self.batch * self.hidden * self.d_out
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def set_precision(precision: str) -> torch.dtype:
-    torch.backends.cuda.matmul.fp32_precision = "tf32" if precision == "tf32" else "ieee"
-    return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 def make_data(case: Case, device: torch.device, dtype: torch.dtype, seed: int = 0):
@@ -212,29 +209,26 @@ def time_variant(step, device: torch.device, warmup: int, rounds: int, steps_per
             "_timed_s": time.perf_counter() - entered}  # lets the caller add its setup time
 
 
-def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    if not (a.isfinite().all() and b.isfinite().all()):
-        return float("inf") if not torch.equal(a.isnan(), b.isnan()) else 0.0
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
 def matmul_peaks(device: torch.device, n: int) -> dict:
     """Dense matmul TFLOP/s through torch.mm (cuBLAS) per precision, same run, random data."""
-    import triton.testing
     peaks = {}
     for precision in PRECISIONS:
-        dtype = set_precision(precision)
-        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-        ms = triton.testing.do_bench(lambda: torch.mm(a, b), warmup=100, rep=500, return_mode="median")
-        peaks[precision] = 2 * n**3 / (ms * 1e-3) / 1e12
+        peaks[precision] = common.dense_peak_tflops(precision, device, n)
         log(f"peak {precision}: {peaks[precision]:.0f} TFLOP/s (torch.mm {n}^3)")
     return peaks
 
 
+@contextlib.contextmanager
+def fusedgrad_settings(precision: str, backend: str):
+    """fusedgrad's backend, and its fp32 precision set to the case's product, the one torch's
+    setting gives eager (`common.set_precision`), whatever FUSEDGRAD_FP32_PRECISION says."""
+    with fusedgrad.backend(backend), fusedgrad.fp32_precision(common.kernel_fp32_precision(precision)):
+        yield
+
+
 def measure(case: Case, variant: str, device: torch.device, lr: float, schedule: tuple[int, int, int]):
     """Build and time one variant on fresh data; returns (results, notes, final w1, final w2)."""
-    x, y, w1, w2 = make_data(case, device, set_precision(case.precision))
+    x, y, w1, w2 = make_data(case, device, common.set_precision(case.precision))
     w1.requires_grad_()
     w2.requires_grad_()
     cuda = device.type == "cuda"
@@ -244,10 +238,10 @@ def measure(case: Case, variant: str, device: torch.device, lr: float, schedule:
         base = torch.cuda.memory_allocated(device)
     recorder = SkipRecorder()
     logging.getLogger("torch").addHandler(recorder)
-    backend = "triton" if variant == "fusedgrad-autograd-triton" else dispatch.current_backend()
+    backend = "triton" if variant == "fusedgrad-autograd-triton" else fusedgrad.current_backend()
     notes = []
     try:
-        with dispatch.backend(backend):
+        with fusedgrad_settings(case.precision, backend):
             if variant.startswith("fusedgrad-autograd"):
                 notes.append(f"backend {describe_backend('autograd', x)}")
             torch._dynamo.reset()
@@ -311,8 +305,10 @@ def run_case(case: Case, variants: list[str], device: torch.device, args, peaks:
             row["status"] = "needs CUDA"
             continue
         if variant == "fusedgrad-autograd-triton":
-            probe = torch.empty(0, device=device, dtype=set_precision(case.precision))
-            if dispatch.resolve(probe, gemm=True) == "triton":
+            probe = torch.empty(0, device=device, dtype=common.set_precision(case.precision))
+            with fusedgrad_settings(case.precision, fusedgrad.current_backend()):
+                on_triton = dispatch.resolve(probe, gemm=True) == "triton"
+            if on_triton:
                 row["status"] = "same as fusedgrad-autograd here (its GEMMs run on Triton)"
                 continue
         log(f"{case.size} {case.precision} {variant} ...")
@@ -333,8 +329,8 @@ def run_case(case: Case, variants: list[str], device: torch.device, args, peaks:
             eager = (row, final_w1.detach().clone(), final_w2.detach().clone())
         if eager is not None:
             eager_row, eager_w1, eager_w2 = eager
-            row["max_rel_diff_weights"] = max(relative_difference(final_w1, eager_w1),
-                                              relative_difference(final_w2, eager_w2))
+            row["max_rel_diff_weights"] = max(common.relative_error(final_w1, eager_w1),
+                                              common.relative_error(final_w2, eager_w2))
             row["rel_diff_loss"] = abs(row["final_loss"] - eager_row["final_loss"]) / max(abs(eager_row["final_loss"]), 1e-30)
             row["correct"] = row["max_rel_diff_weights"] <= TOLERANCE[case.precision]
             row["speedup_vs_eager"] = row["steps_per_s"] / eager_row["steps_per_s"] if row["correct"] else None
@@ -415,46 +411,41 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
         return child_main(argv[1])
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tutorial fp32 and 4096^4 bf16 only")
+    parser = common.parser(__doc__, None)
+    parser.add_argument("--quick", action="store_true", help="tutorial ieee and 4096^4 bf16 only")
     parser.add_argument("--sizes", type=parse_size, nargs="+", help="NxD_INxHxD_OUT, e.g. 64x1000x100x10")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps-per-round", type=int, default=50)
     parser.add_argument("--lr", type=float, default=1e-6, help="at the tutorial's size; scaled down beyond")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=torch.device, default=common.default_device())
     parser.add_argument("--cpu-compile", action="store_true", help="also time torch.compile on CPU")
-    parser.add_argument("--json", type=pathlib.Path, help="default: bench/results/<date>-<device>.json")
     parser.add_argument("--plot", type=pathlib.Path, help="default: the JSON path with .png")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    device = args.device
+    json_path = args.json or common.OUT / ("bench_quick.json" if args.quick else "bench.json")
 
     if args.sizes or args.precisions:
         sizes = args.sizes or [TUTORIAL]
         cases = [Case(*s, p) for s in sizes for p in (args.precisions or PRECISIONS)]
     elif args.quick:
-        cases = [Case(*TUTORIAL, "fp32"), Case(4096, 4096, 4096, 4096, "bf16")]
+        cases = [Case(*TUTORIAL, "ieee"), Case(4096, 4096, 4096, 4096, "bf16")]
     else:
         cases = [Case(*s, p) for s in (TUTORIAL, (4096,) * 4, (16384, 8192, 8192, 8192)) for p in PRECISIONS]
     if device.type == "cpu":
         log("GPU numbers need CUDA: on CPU this compares eager with fusedgrad's ATen paths")
-        cases = [dataclasses.replace(c, precision="fp32") for c in cases if c.precision != "tf32"
+        cases = [dataclasses.replace(c, precision="ieee") for c in cases if c.precision != "tf32"
                  and (args.sizes or c.flops_per_step < 1e10)]  # large sizes take minutes a step
         cases = list(dict.fromkeys(cases))
 
     peaks = matmul_peaks(device, 4096 if args.quick else 8192) if device.type == "cuda" else {}
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    name = torch.cuda.get_device_name(device).replace(" ", "-") if device.type == "cuda" else "cpu"
-    json_path = args.json or RESULTS / f"{stamp}-{name}{'-quick' if args.quick else ''}.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for case in cases:
         rows += run_case(case, args.variants, device, args, peaks)
         table = markdown(rows)  # written after every case, so an interrupted run keeps what it measured
-        result = {"rows": rows, "matmul_peak_tflops": peaks, "tolerance_rel_weights": TOLERANCE,
-                  "table": table, "complete": case == cases[-1], "environment": environment(device)}
-        json_path.write_text(json.dumps(result, indent=2))
+        common.write_result(json_path, {"rows": rows, "matmul_peak_tflops": peaks, "tolerance_rel_weights": TOLERANCE,
+                                        "table": table, "complete": case == cases[-1]}, device)
     plotted = plot(rows, args.plot or json_path.with_suffix(".png"))
     print(table)
     if device.type == "cpu":
