@@ -1,7 +1,9 @@
-"""`bench/run.py` and `bench/kernels.py` keep working: tiny runs on this machine's device."""
+"""The benchmark scripts keep working (tiny runs on this machine's device), and what they share,
+`bench/common.py`, does what it says."""
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -9,13 +11,17 @@ import pytest
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(BENCH))  # the scripts import `common` from their own folder
+
+import common  # noqa: E402
 
 
 def test_quick_run_at_tiny_size(tmp_path):
     out = tmp_path / "bench.json"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--sizes", "8x16x8x4", "--precisions", "fp32", "--rounds", "2",
+        [sys.executable, str(BENCH / "run.py"), "--quick", "--sizes", "8x16x8x4", "--precisions", "ieee", "--rounds", "2",
          "--steps-per-round", "2", "--device", device, "--json", str(out),
          "--variants", "eager", "compile-max-autotune", "fusedgrad-autograd", "fusedgrad-autograd-triton",
          "fusedgrad-step", "fusedgrad-step-graph"],
@@ -26,7 +32,9 @@ def test_quick_run_at_tiny_size(tmp_path):
     assert set(rows) == {"eager", "compile-max-autotune", "fusedgrad-autograd", "fusedgrad-autograd-triton",
                          "fusedgrad-step", "fusedgrad-step-graph"}  # torch.compile rows left out: minutes of compiling
     assert rows["compile-max-autotune"]["status"].startswith("skipped (--quick")
-    # fp32 at IEEE precision: "auto" runs the autograd GEMMs on ATen, and the row names it
+    assert {row["precision"] for row in record["rows"]} == {"ieee"}
+    assert record["tolerance_rel_weights"] == common.WEIGHTS_VS_EAGER
+    # float32 at IEEE precision: "auto" runs the autograd GEMMs on ATen, and the row names it
     expected = "backend triton (GEMMs on aten: float32 at IEEE precision)" if device == "cuda" else "backend aten"
     assert expected in rows["fusedgrad-autograd"]["notes"]
     if device == "cpu":
@@ -38,14 +46,16 @@ def test_quick_run_at_tiny_size(tmp_path):
         assert row["status"] == "ok" and row["correct"], row
         assert row["steps_per_s_p20"] <= row["steps_per_s"] <= row["steps_per_s_p80"]
         assert row["speedup_vs_eager"] > 0 and row["tflops"] > 0
-    # Activation memory kept for backward at 8x16x8x4 fp32, in bytes: eager saves the
+    # Activation memory kept for backward at 8x16x8x4 ieee, in bytes: eager saves the
     # pre-activation (clamp), h (mm) and y_pred - y (pow); fusedgrad saves h once (the ReLU mask
     # and mm's input) and the loss gradient. The fused step has no tape.
     assert rows["eager"]["saved_for_backward_bytes"] == 4 * (2 * 8 * 8 + 8 * 4)
     assert rows["fusedgrad-autograd"]["saved_for_backward_bytes"] == 4 * (8 * 8 + 8 * 4)
     assert rows["fusedgrad-autograd"]["saved_vs_eager"] == pytest.approx(0.6)
     assert rows["fusedgrad-step"]["saved_for_backward_bytes"] is None
-    assert record["environment"]["torch"] == torch.__version__ and record["complete"]
+    environment = record["environment"]
+    assert environment["torch"] == torch.__version__ and record["complete"]
+    assert {"date", "git_commit", "torch", "triton", "cuda", "device", "command"} <= set(environment)
     assert "| fusedgrad-step |" in result.stdout
     if device == "cpu":
         assert "GPU numbers need CUDA" in result.stdout
@@ -53,7 +63,7 @@ def test_quick_run_at_tiny_size(tmp_path):
 
 def load_bench_module():
     import importlib.util
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    spec = importlib.util.spec_from_file_location("bench_run", BENCH / "run.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["bench_run"] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
@@ -62,7 +72,7 @@ def load_bench_module():
 
 def test_compile_variant_runs_in_a_child_process_and_its_failure_becomes_a_row(tmp_path):
     bench = load_bench_module()
-    case = bench.Case(8, 16, 8, 4, "fp32")
+    case = bench.Case(8, 16, 8, 4, "ieee")
     results, notes, w1, w2 = bench.measure_in_child(case, "compile", torch.device("cpu"), 1e-3, (1, 1, 1), tmp_path)
     assert results["steps_per_s"] > 0 and w1.shape == (16, 8) and w2.shape == (8, 4)
     try:
@@ -78,20 +88,21 @@ def test_kernel_benchmark_at_tiny_size(tmp_path):
     (on CPU under the interpreter; on CUDA compiled, with split-K rows for a long-K shape)."""
     out = tmp_path / "kernels.json"
     size = "64x48x1024" if torch.cuda.is_available() else "48x40x96"
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "kernels.py"), "--sizes", size,
-                             "--precisions", "fp16", "fp32", "--peak-size", "1024", "--json", str(out)],
+    result = subprocess.run([sys.executable, str(BENCH / "kernels.py"), "--sizes", size,
+                             "--precisions", "fp16", "ieee", "--peak-size", "1024", "--json", str(out)],
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     record = json.loads(out.read_text())
     rows = record["rows"]
-    for precision in ("fp16", "fp32"):
+    assert {r["precision"] for r in rows} == {"fp16", "ieee"}
+    for precision in ("fp16", "ieee"):
         found = {(r["pass"], r["implementation"]) for r in rows if r["precision"] == precision}
         assert {("forward", "fusedgrad"), ("forward", "torch.mm+relu"), ("backward", "fusedgrad"),
                 ("backward", "torch.mm+relu"), ("fwd+bwd", "fusedgrad"), ("fwd+bwd", "torch.mm+relu")} <= found
     assert all(r["ok"] and r["us"] > 0 and r["speedup_vs_torch"] > 0 for r in rows)
     errors = next(iter(record["fp32_errors"].values()))
     assert set(errors) == {"fusedgrad-ieee", "fusedgrad-tf32", "fusedgrad-tf32x3", "cublas-ieee", "cublas-tf32"}
-    assert "| fp32 | " in result.stdout
+    assert "| ieee | " in result.stdout
     if torch.cuda.is_available():
         assert any(r["implementation"].startswith("fusedgrad-splitK") for r in rows)
     else:
@@ -100,7 +111,7 @@ def test_kernel_benchmark_at_tiny_size(tmp_path):
 
 def test_launcher_cost_script(tmp_path):
     out = tmp_path / "cost.json"
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "launcher_cost.py"), "--number", "20",
+    result = subprocess.run([sys.executable, str(BENCH / "launcher_cost.py"), "--number", "20",
                              "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())["rows"]
@@ -113,11 +124,93 @@ def test_launcher_cost_script(tmp_path):
 def test_launcher_cost_script_loads_a_kernels_folder(tmp_path):
     """--kernels-dir loads a `kernels/` folder as a package of its own (an older checkout's):
     the kernels must import nothing relative to fusedgrad."""
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "launcher_cost.py"), "--number", "5",
+    result = subprocess.run([sys.executable, str(BENCH / "launcher_cost.py"), "--number", "5",
                              "--kernels-dir", str(ROOT / "kernels")], capture_output=True, text=True,
                             timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "relu(x @ w1)" in result.stdout
+
+
+def test_launcher_cost_script_loads_a_kernels_folder_from_before_tuning(tmp_path):
+    """The branch for checkouts whose heuristic lived in gemm.py (07b3ad3, before kernels/tuning.py)."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs this repository's git history")
+    archive = subprocess.run(["git", "archive", "07b3ad3", "kernels"], cwd=ROOT, capture_output=True)
+    if archive.returncode != 0:
+        pytest.skip(f"commit 07b3ad3 not in this clone: {archive.stderr.decode()[:200]}")
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive.stdout, check=True)
+    assert not (tmp_path / "kernels" / "tuning.py").exists()
+    out = tmp_path / "old.json"
+    result = subprocess.run([sys.executable, str(BENCH / "launcher_cost.py"), "--number", "5",
+                             "--kernels-dir", str(tmp_path / "kernels"), "--json", str(out)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(out.read_text())
+    assert [row["gemm"] for row in record["rows"]][0] == "relu(x @ w1)" and len(record["rows"]) == 5
+    assert record["kernels_dir"] == str(tmp_path / "kernels")
+
+
+def test_results_go_to_bench_out_by_default_and_git_ignores_it(tmp_path):
+    out = common.OUT / "launcher_cost.json"
+    before = out.stat().st_mtime_ns if out.exists() else None
+    result = subprocess.run([sys.executable, str(BENCH / "launcher_cost.py"), "--number", "2"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert common.OUT == BENCH / "out" and out.stat().st_mtime_ns != before
+    assert json.loads(out.read_text())["rows"]
+    assert not any(tmp_path.iterdir())  # nothing written where the script ran
+    if shutil.which("git") is not None and (ROOT / ".git").exists():
+        ignored = subprocess.run(["git", "check-ignore", "-q", "bench/out/launcher_cost.json"], cwd=ROOT)
+        assert ignored.returncode == 0, "bench/out/ must be git-ignored"
+
+
+@pytest.mark.parametrize("name, dtype, torch_setting", [
+    ("ieee", torch.float32, "ieee"), ("tf32", torch.float32, "tf32"), ("tf32x3", torch.float32, "ieee"),
+    ("bf16", torch.bfloat16, "ieee"), ("fp16", torch.float16, "ieee")])
+def test_set_precision_sets_torchs_setting_and_returns_the_dtype(name, dtype, torch_setting):
+    from fusedgrad.kernels.precision import PRECISIONS
+    from helpers import torch_fp32_setting
+
+    with torch_fp32_setting("tf32" if torch_setting == "ieee" else "ieee"):  # the opposite, restored after
+        assert common.set_precision(name) == dtype
+        assert torch.backends.cuda.matmul.fp32_precision == torch_setting
+    assert common.kernel_fp32_precision(name) == (PRECISIONS[name][1] or "ieee")
+
+
+def test_set_precision_rejects_the_old_names():
+    with pytest.raises(ValueError, match="unknown precision 'fp32'"):
+        common.set_precision("fp32")
+
+
+def test_tolerance_tables_are_keyed_by_precision_names():
+    from fusedgrad.kernels.precision import PRECISIONS
+    assert set(common.WEIGHTS_VS_EAGER) <= set(PRECISIONS) and set(common.GEMM_VS_FLOAT64) <= set(PRECISIONS)
+
+
+def test_relative_error():
+    reference = torch.tensor([3.0, 4.0, float("nan"), float("inf")])
+    assert common.relative_error(reference, reference) == 0.0
+    assert common.relative_error(torch.tensor([3.0, 4.5, float("nan"), float("inf")]), reference) == pytest.approx(0.1)
+    for wrong in ([3.0, 4.0, 1.0, float("inf")], [3.0, 4.0, float("nan"), 1.0], [3.0, 4.0, float("nan"), -float("inf")]):
+        assert common.relative_error(torch.tensor(wrong), reference) == float("inf")
+    assert common.relative_error(torch.zeros(2), torch.zeros(2)) == 0.0
+
+
+def test_environment_names_the_commit_and_write_result_records_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_COMMIT", "0123abc")
+    path = tmp_path / "new" / "folder" / "result.json"
+    returned = common.write_result(path, {"rows": [1]}, torch.device("cpu"))
+    record = json.loads(path.read_text())
+    assert record == returned and record["rows"] == [1]
+    environment = record["environment"]
+    # the keys bench/summarize.py reads (gpu and cuda_driver only on CUDA), and the rest
+    assert environment["git_commit"] == "0123abc" and environment["torch"] == torch.__version__
+    assert {"date", "triton", "cuda", "python", "platform", "command", "device"} <= set(environment)
+    assert environment["device"] == "cpu" and "gpu" not in environment
+    monkeypatch.delenv("GIT_COMMIT")
+    if shutil.which("git") is not None and (ROOT / ".git").exists():
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        assert common.environment(torch.device("cpu"))["git_commit"] == head
 
 
 @pytest.mark.parametrize("backend", ["aten", "triton"])
@@ -128,7 +221,7 @@ def test_saved_for_backward_bytes_per_backend(backend):
     from helpers import kernel_device
 
     bench = load_bench_module()
-    case = bench.Case(8, 16, 8, 4, "fp32")
+    case = bench.Case(8, 16, 8, 4, "ieee")
     device = torch.device(kernel_device() if backend == "triton" else "cpu")
     x, y, w1, w2 = bench.make_data(case, device, torch.float32)
     w1.requires_grad_()
