@@ -2,7 +2,7 @@
 
     python bench/compile_check.py                # exit status 1 if any variant fails to compile
     python bench/compile_check.py --candidates   # also every autotuning candidate, with resources
-    python bench/compile_check.py --ptx-digest   # one digest of each variant's PTX, to diff refactors
+    python bench/compile_check.py --ptx-digest   # digests of each variant's PTX, to diff refactors
 
 Triton's interpreter runs kernels on the CPU but skips the compiler, so it cannot catch what
 only the GPU toolchain rejects (tl.dot shape rules, type errors in constexpr branches, pointer
@@ -47,22 +47,35 @@ def _resources(compiled) -> dict:
     return found
 
 
-def ptx_digest(ptx: str) -> str:
-    """A digest of the code in `ptx`, blind to what a pure refactor of the source changes but
-    the code does not: debug lines (`.file`, `.loc`, the debug sections, which carry source
-    paths and line numbers) and the numbering of the kernel's parameters (its header is left
-    out, and each `_param_N` is renamed by order of first use, so dropping an unused argument
-    leaves the digest alone)."""
-    import hashlib
+def normalized_ptx(ptx: str) -> str:
+    """The code in `ptx`, blind to what a pure refactor of the source changes but the code does
+    not: debug lines (`.file`, `.loc`, the `$L__tmp` labels they point at, and the debug
+    sections, which carry source paths and line numbers), the register declarations, and the numbering of parameters, registers and labels
+    (the kernel's header is left out and each name is renamed by order of first use, so
+    dropping an unused argument changes nothing)."""
     body = ptx.split(".section\t.debug", 1)[0].split(".section .debug", 1)[0]
     entry = body.find(".entry")
     if entry >= 0:  # skip the parameter list: from `.entry name(` to its closing `)`
         body = body[:entry] + body[body.index(")", entry) + 1:]
-    lines = [line for line in body.splitlines() if not line.strip().startswith((".file", ".loc", "//"))]
+    lines = [line.split("//")[0].rstrip() for line in body.splitlines()
+             if not line.strip().startswith((".file", ".loc", "//", ".reg", "$L__tmp"))]
     renamed: dict[str, str] = {}
-    text = re.sub(r"\w+_param_\d+", lambda m: renamed.setdefault(m.group(0), f"param{len(renamed)}"),
-                  "\n".join(lines))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    # Parameters, virtual registers (%r12, %rd3, %f7, %p1, ...) and labels, renamed in order of
+    # first use: their numbers shift when the front end emits the same code in another order.
+    return re.sub(r"\w+_param_\d+|%[a-z]+\d+|\$L__\w+",
+                  lambda m: renamed.setdefault(m.group(0), f"{m.group(0)[:2]}#{len(renamed)}"), "\n".join(lines))
+
+
+def ptx_digests(ptx: str) -> tuple[str, str]:
+    """Short digests of `normalized_ptx(ptx)` (equal: the same code) and of its instruction mix,
+    how often each opcode occurs (equal: the same instructions, perhaps in another order, as
+    when a shorter parameter list makes the compiler schedule the same code differently)."""
+    import collections
+    import hashlib
+    code = normalized_ptx(ptx)
+    mix = collections.Counter(line.split()[1] if line.split()[0].startswith("@") else line.split()[0]
+                              for line in code.splitlines() if line.strip() and line.strip()[0] not in ".${})")
+    return tuple(hashlib.sha256(text.encode()).hexdigest()[:16] for text in (code, str(sorted(mix.items()))))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
                              "step's epilogues) and report registers, spills and shared memory")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each variant's resources")
     parser.add_argument("--ptx-digest", action="store_true",
-                        help="print `digest name` for every variant (see `ptx_digest`): equal digests "
-                             "before and after a refactor mean the same code")
+                        help="print `digest CODE MIX name` for every variant (see `ptx_digests`): equal "
+                             "digests before and after a refactor mean the same code, or the same instructions")
+    parser.add_argument("--dump-ptx", metavar="DIR", help="write each variant's normalized PTX to DIR/<name>.ptx")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("compile_check.py compiles kernels: unset TRITON_INTERPRET", file=sys.stderr)
@@ -113,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             compiled = build(kernel, constexprs, types, options or {}, aligned_sizes)
         except Exception as error:  # report every failing variant, not just the first
-            failures.append(f"{name}: {type(error).__name__}: {str(error)[:500]}")
+            failures.append(f"{name}: {type(error).__name__}: {str(error)[-1500:]}")
             return
         if expect_in_ptx and expect_in_ptx not in compiled.asm["ptx"]:
             failures.append(f"{name}: compiled, but `{expect_in_ptx}` is not in its PTX")
@@ -129,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         if report or args.verbose:
             print(f"{name}: {resources['text']}")
         if args.ptx_digest:
-            print(f"digest {ptx_digest(compiled.asm['ptx'])} {name}")
+            print("digest {} {} {}".format(*ptx_digests(compiled.asm["ptx"]), name))
+        if args.dump_ptx:
+            os.makedirs(args.dump_ptx, exist_ok=True)
+            with open(os.path.join(args.dump_ptx, re.sub(r"[^\w.=-]+", "_", name) + ".ptx"), "w") as file:
+                file.write(normalized_ptx(compiled.asm["ptx"]))
 
     def gemm_types(dtype):
         def types(name):
@@ -144,8 +162,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def gemm_constexprs(epilogue, mask_operand, precision, block_m, block_n, block_k, split_k=1,
                         tma=False, a_t=False, b_t=False, persistent=False, gate_t=False):
-        return dict(MASK_OPERAND=mask_operand, EPILOGUE=epilogue, LR_FROM_PTR=epilogue == "sgd",
-                    REDUCE_PARTIALS=epilogue == "relu_mask", INPUT_PRECISION=precision,
+        """The meta-parameters of a launch as fusedgrad makes it, and None for the pointers it
+        does not pass: the fused step's ReLU-mask GEMM folds the loss partials, its SGD GEMMs
+        read the rate from a tensor."""
+        present = {"c_ptr": epilogue != "sgd", "gate_ptr": mask_operand != gemm.NO_MASK,
+                   "aux_ptr": epilogue in ("relu_mask", "squared_error", "sgd"),
+                   "partials_ptr": epilogue == "squared_error",
+                   "reduce_ptr": epilogue == "relu_mask", "reduce_out_ptr": epilogue == "relu_mask",
+                   "lr_ptr": epilogue == "sgd", "workspace_ptr": split_k > 1, "counter_ptr": split_k > 1}
+        return dict({name: None for name, there in present.items() if not there},
+                    MASK_OPERAND=mask_operand, EPILOGUE=epilogue, INPUT_PRECISION=precision,
                     BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=split_k,
                     TMA=tma, A_STORED_T=a_t, B_STORED_T=b_t, GATE_STORED_T=gate_t, PERSISTENT=persistent)
 
@@ -160,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         pointers = gemm_types(dtype)
 
         def types(name):
-            if name in blocks and (name != "gate_ptr" or constexprs["MASK_OPERAND"]):
+            if name in blocks:
                 return f"tensordesc<{dtype}{blocks[name]}>"
             return pointers(name)
         return types
@@ -189,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                          "block_starts": ("i32",) * (tensors + 1), "numels": ("i32",) * tensors, "lr": "fp32"}
             for lr_from_ptr in (True, False):
                 check(f"sgd {dtype} {tensors} tensors, lr from {'a tensor' if lr_from_ptr else 'a float'}",
-                      sgd._sgd_kernel, dict(LR_FROM_PTR=lr_from_ptr, BLOCK=sgd.BLOCK), sgd_types.__getitem__)
+                      sgd._sgd_kernel, dict(BLOCK=sgd.BLOCK, **({} if lr_from_ptr else {"lr_ptr": None})),
+                      sgd_types.__getitem__)
         check(f"squared error {dtype}", mse_loss._squared_error_kernel, dict(BLOCK=mse_loss.BLOCK),
               lambda n, d=dtype: f"*{d}" if n.endswith("_ptr") and n != "out_ptr" else
               ("*fp32" if n == "out_ptr" else "fp32" if n.startswith("scale") else "i32"))
@@ -250,9 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         for dtype, torch_dtype, precision in (("bf16", torch.bfloat16, None), ("fp32", torch.float32, "tf32"),
                                               ("fp32", torch.float32, "ieee")):
             for index, config in enumerate(tuning.candidates(4096, 4096, 4096, torch_dtype, precision, 132, tma=True)):
-                tile = {k: config[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")}
-                options = dict(num_warps=config["num_warps"], num_stages=config["num_stages"])
-                tma, persistent = config.get("TMA", False), config.get("PERSISTENT", False)
+                tile = {k: config.meta[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K")}
+                options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+                tma, persistent = config.TMA, config.PERSISTENT
                 b_t = tma and precision == "tf32"  # the layout tf32 TMA candidates are offered for
                 # The variants launched: the forward (ReLU); grad_a, gated A row-major; and grad_b,
                 # launched transposed: gated A column-major, B row-major, C column-major.

@@ -10,7 +10,7 @@ relu'(out) inside the two backward GEMMs as they load grad_out. `matmul_referenc
 computation in ATen: the test oracle, and the ATen backend itself. There it runs under torch's
 own autograd (mm, then an in-place relu that saves only its output: the same tensors saved),
 because a Python autograd.Function would only add overhead around the same ATen calls.
-Backend "auto" takes that path for float32 products at IEEE precision (`dispatch.resolve`).
+Backend "auto" takes that path where ATen computes the same product (`dispatch.resolve`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import dispatch
-
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from . import dispatch, settings
+from .checks import check_operands
 
 
 def matmul_reference(
@@ -45,9 +44,9 @@ class TritonMatmulFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, relu: bool) -> torch.Tensor:
-        # Backward runs at the forward's fp32 precision, wherever `backward()` is called.
-        ctx.fp32_precision = dispatch.kernel_fp32_precision()
-        out = dispatch.load_kernels().matmul(a, b, relu=relu, fp32_precision=ctx.fp32_precision)
+        # Backward runs at the forward's settings, wherever `backward()` is called.
+        ctx.launch = dict(fp32_precision=settings.kernel_fp32_precision(), tuner=settings.tuner())
+        out = dispatch.load_kernels().matmul(a, b, relu=relu, **ctx.launch)
         # As torch.mm does: grad_a needs b, grad_b needs a, so a frozen b keeps no activation
         # a alive. out doubles as the ReLU mask.
         needs_a, needs_b = ctx.needs_input_grad[:2]
@@ -61,30 +60,10 @@ class TritonMatmulFunction(torch.autograd.Function):
         matmul = dispatch.load_kernels().matmul
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_a = matmul(grad_out, b.T, a_relu_mask=out, fp32_precision=ctx.fp32_precision)
+            grad_a = matmul(grad_out, b.T, a_relu_mask=out, **ctx.launch)
         if ctx.needs_input_grad[1]:
-            grad_b = matmul(a.T, grad_out, b_relu_mask=out, fp32_precision=ctx.fp32_precision)
+            grad_b = matmul(a.T, grad_out, b_relu_mask=out, **ctx.launch)
         return grad_a, grad_b, None
-
-
-def check_operands(op: str, a: object, b: object, names: tuple[str, str] = ("a", "b")) -> None:
-    """Raise TypeError/ValueError naming shapes and dtypes unless `a @ b` is well formed."""
-    for name, t in zip(names, (a, b)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{op}: {name} has dtype {t.dtype}; supported dtypes are float16, "
-                            f"bfloat16, float32 and float64")
-        if t.dim() != 2:
-            raise ValueError(f"{op}: {name} must be 2-D, got shape {tuple(t.shape)}")
-    (name_a, name_b) = names
-    if a.dtype != b.dtype:
-        raise TypeError(f"{op}: dtypes differ: {name_a} is {a.dtype}, {name_b} is {b.dtype}")
-    if a.device != b.device:
-        raise ValueError(f"{op}: devices differ: {name_a} is on {a.device}, {name_b} is on {b.device}")
-    if a.shape[1] != b.shape[0]:
-        raise ValueError(f"{op}: inner dimensions differ: {name_a} is {tuple(a.shape)}, "
-                         f"{name_b} is {tuple(b.shape)} ({a.shape[1]} != {b.shape[0]})")
 
 
 def _matmul(op: str, a: torch.Tensor, b: torch.Tensor, relu: bool) -> torch.Tensor:

@@ -17,16 +17,12 @@ from collections import defaultdict
 import torch
 
 from . import dispatch
+from .checks import check_lr
 
 
 class SGD(torch.optim.Optimizer):
     def __init__(self, params, lr: float | torch.Tensor = 1e-3):
-        if isinstance(lr, torch.Tensor):
-            if lr.numel() != 1 or not lr.is_floating_point():
-                raise ValueError(f"SGD: a tensor lr must be a 0-d floating-point tensor, got "
-                                 f"shape {tuple(lr.shape)} {lr.dtype}")
-        elif not lr >= 0:
-            raise ValueError(f"SGD: lr must be >= 0, got {lr}")
+        check_lr(lr, "SGD")
         super().__init__(params, dict(lr=lr))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -63,8 +59,7 @@ class SGD(torch.optim.Optimizer):
                 params.append(param)
                 grads.append(param.grad)
             for (device, dtype, backend), (params, grads) in buckets.items():
-                if isinstance(lr, torch.Tensor) and lr.device != device:
-                    raise ValueError(f"SGD: lr is on {lr.device}, parameters on {device}")
+                check_lr(lr, "SGD.step", device)  # a group's lr may have been set since
                 if backend == "triton":
                     dispatch.load_kernels().sgd_step(params, grads, lr)
                 elif isinstance(lr, torch.Tensor):

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from . import dispatch
-from .matmul import check_operands
+from . import dispatch, settings
+from .checks import check_lr, check_operands
 
 
 def _check(x, y, w1, w2, lr) -> None:
@@ -25,12 +25,7 @@ def _check(x, y, w1, w2, lr) -> None:
     if min(x.shape + w1.shape + w2.shape) == 0:
         raise ValueError(f"train_step: empty dimension in x {tuple(x.shape)}, w1 {tuple(w1.shape)}, "
                          f"w2 {tuple(w2.shape)}")
-    if isinstance(lr, torch.Tensor):
-        if lr.numel() != 1 or not lr.is_floating_point() or lr.device != x.device:
-            raise ValueError(f"train_step: a tensor lr must be a 0-d float tensor on {x.device}, got "
-                             f"shape {tuple(lr.shape)} {lr.dtype} on {lr.device}")
-    elif isinstance(lr, bool) or not isinstance(lr, (int, float)):
-        raise TypeError(f"train_step: lr must be a float or a 0-d tensor, got {type(lr).__name__}")
+    check_lr(lr, "train_step", x.device)
 
 
 @torch.no_grad()
@@ -58,7 +53,8 @@ def train_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: torch.Ten
     _check(x, y, w1, w2, lr)
     if dispatch.resolve(x) == "triton":
         with torch.no_grad():
-            return dispatch.load_kernels().two_layer_sgd_step(x, y, w1, w2, lr, dispatch.kernel_fp32_precision())
+            return dispatch.load_kernels().two_layer_sgd_step(x, y, w1, w2, lr, settings.kernel_fp32_precision(),
+                                                              settings.tuner())
     return train_step_reference(x, y, w1, w2, lr)
 
 

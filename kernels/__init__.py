@@ -1,11 +1,29 @@
-"""Triton kernels and their launchers (installed as `fusedgrad.kernels`). No autograd here.
+"""Triton kernels and their launchers (installed as `fusedgrad.kernels`). No autograd here, and
+nothing from `fusedgrad`: torch and triton only.
 
-Importing this package imports triton; `fusedgrad` imports it only when a Triton backend runs.
+Importing this package does not import triton: `precision` and `config` need only torch, and
+the launchers (with triton) load when first named, so the library can read the dtype table and
+the precision names without triton.
 """
 
-from .gemm import INTERPRETED, SUPPORTED_DTYPES, matmul
-from .mse_loss import mse_loss_and_grad
-from .sgd import sgd_step
-from .train_step import two_layer_sgd_step
+import importlib
 
-__all__ = ["INTERPRETED", "SUPPORTED_DTYPES", "matmul", "mse_loss_and_grad", "sgd_step", "two_layer_sgd_step"]
+from .config import GemmConfig, Variant
+from .precision import DTYPES, FP32_PRECISIONS, KERNEL_DTYPES, PRECISIONS
+
+# Public name -> the submodule (which imports triton) that defines it.
+_LAUNCHERS = {"INTERPRETED": "gemm", "matmul": "gemm", "mse_loss_and_grad": "mse_loss", "sgd_step": "sgd",
+              "two_layer_sgd_step": "train_step"}
+_SUBMODULES = ("gemm", "mse_loss", "reduce", "sgd", "train_step", "tuning")
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _LAUNCHERS:
+        return getattr(importlib.import_module(f".{_LAUNCHERS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["DTYPES", "FP32_PRECISIONS", "GemmConfig", "INTERPRETED", "KERNEL_DTYPES", "PRECISIONS", "Variant",
+           "matmul", "mse_loss_and_grad", "sgd_step", "two_layer_sgd_step"]

@@ -27,24 +27,31 @@ MAX_TENSORS = 16  # per launch: 16 parameters and 16 gradients stay well inside 
 
 
 @triton.jit
+def learning_rate(lr_ptr, lr):
+    """The rate of an update, as fp32: read from the 0-d tensor at lr_ptr (a value a captured
+    CUDA graph sees change between replays), or the scalar `lr` when lr_ptr is None."""
+    if lr_ptr is not None:
+        rate = tl.load(lr_ptr).to(tl.float32)
+    else:
+        rate = lr
+    return rate
+
+
+@triton.jit
 def _sgd_kernel(
     # pointers (tuples: one per tensor)
     params, grads,
-    lr_ptr,
+    lr_ptr,        # the learning rate as a 0-d tensor; None: the scalar lr
     # sizes (tuples)
     block_starts,  # len(params) + 1 program indices
     numels,
     # scalars
     lr,
     # meta-parameters
-    LR_FROM_PTR: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    if LR_FROM_PTR:
-        step = tl.load(lr_ptr).to(tl.float32)
-    else:
-        step = lr
+    step = learning_rate(lr_ptr, lr)
     for i in tl.static_range(len(params)):  # unrolled: the branch of this program's tensor runs
         if (pid >= block_starts[i]) & (pid < block_starts[i + 1]):
             offs = (pid - block_starts[i]).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -64,7 +71,7 @@ def sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], lr: float | 
             raise ValueError(f"sgd: parameter {tuple(param.shape)} {param.dtype} and gradient "
                              f"{tuple(grad.shape)} {grad.dtype} must be contiguous and alike")
     # launch (nothing to allocate)
-    lr_from_ptr = isinstance(lr, torch.Tensor)
+    lr_ptr = lr if isinstance(lr, torch.Tensor) else None
     for first in range(0, len(params), MAX_TENSORS):
         chunk = tuple(params[first:first + MAX_TENSORS])
         numels = tuple(param.numel() for param in chunk)
@@ -75,8 +82,8 @@ def sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], lr: float | 
             continue
         _sgd_kernel[(block_starts[-1],)](
             chunk, tuple(grads[first:first + MAX_TENSORS]),
-            lr if lr_from_ptr else chunk[0],
+            lr_ptr,
             tuple(block_starts), numels,
-            0.0 if lr_from_ptr else float(lr),
-            LR_FROM_PTR=lr_from_ptr, BLOCK=BLOCK,
+            0.0 if lr_ptr is not None else float(lr),
+            BLOCK=BLOCK,
         )

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import torch
 
-from . import gemm
+from . import gemm, tuning
 
 
 def two_layer_sgd_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
-                       lr: float | torch.Tensor, fp32_precision: str | None = None) -> torch.Tensor:
+                       lr: float | torch.Tensor, fp32_precision: str = "ieee",
+                       tuner: tuning.Tuner | None = None) -> torch.Tensor:
     """Update w1 (D_in, H) and w2 (H, D_out) in place from x (N, D_in), y (N, D_out); return
     the step's loss sum((relu(x @ w1) @ w2 - y)**2) before the update, as a 0-d fp32 tensor.
-    `fp32_precision` as in `gemm.input_precision` (None: torch's setting)."""
+    `fp32_precision` and `tuner` as in `gemm.launch`."""
     # check (shapes, dtypes and devices are checked by the caller, fusedgrad.step)
     batch, hidden, d_out = x.shape[0], w1.shape[1], w2.shape[1]
     # allocate
@@ -33,13 +34,13 @@ def two_layer_sgd_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: t
     loss_config, programs = gemm.plan(batch, d_out, hidden, x.dtype, x.device)
     partials = torch.empty(programs + 1, dtype=torch.float32, device=x.device)
     loss = partials[programs]  # the last slot holds the sum of the others
-    # launch (torch's fp32 setting read once for the five GEMMs: host time bounds this step)
-    precision = dict(fp32_precision=gemm.input_precision(x.dtype, fp32_precision))
-    gemm.launch(x, w1, h, epilogue="relu", **precision)
+    # launch
+    settings = dict(fp32_precision=fp32_precision, tuner=tuner)
+    gemm.launch(x, w1, h, epilogue="relu", **settings)
     gemm.launch(h, w2, grad_y, epilogue="squared_error", aux=y, partials=partials, scale=2.0,
-                config=loss_config, **precision)
+                config=loss_config, **settings)
     gemm.launch(grad_y, w2.T, grad_h, epilogue="relu_mask", aux=h,
-                reduce=partials[:programs], reduce_out=loss, **precision)
-    gemm.launch(h.T, grad_y, None, epilogue="sgd", aux=w2, lr=lr, **precision)
-    gemm.launch(x.T, grad_h, None, epilogue="sgd", aux=w1, lr=lr, **precision)
+                reduce=partials[:programs], reduce_out=loss, **settings)
+    gemm.launch(h.T, grad_y, None, epilogue="sgd", aux=w2, lr=lr, **settings)
+    gemm.launch(x.T, grad_h, None, epilogue="sgd", aux=w1, lr=lr, **settings)
     return loss

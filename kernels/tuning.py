@@ -1,8 +1,7 @@
 """Launch configurations of the GEMM kernel: a shape heuristic by default, an autotuner on request.
 
-A configuration is a dict of the kernel's tile meta-parameters (BLOCK_M, BLOCK_N, BLOCK_K,
-GROUP_M, SPLIT_K, and optionally TMA and PERSISTENT) and the launch options num_warps and
-num_stages.
+A configuration is a `GemmConfig` (`kernels/config.py`): the kernel's tile meta-parameters and
+Triton's launch options, validated when it is made.
 
 Heuristic (the default; no timing, no warm-up cost): the largest tile that still gives every
 multiprocessor a program, so a skinny product such as the tutorial's 64 x 100 output spreads
@@ -10,20 +9,19 @@ over many multiprocessors instead of running on one; pointer loads, never split-
 per tile. Split-K, TMA loads and persistent programs are offered to the autotuner, which keeps
 them only where they measure faster.
 
-Autotuning (opt in: FUSEDGRAD_AUTOTUNE=1, or `set_autotune(True)`): the first launch of a kernel
-variant in a shape bucket times every candidate configuration with
-`triton.testing.do_bench_cudagraph` (GPU time, no host launch cost) on scratch outputs (inputs
-are only read; the caller's outputs and parameters are not touched) and keeps the fastest. The
+Autotuning (opt in: the caller passes a `Tuner`; `fusedgrad.autotune(True)` does): the first
+launch of a kernel variant in a shape bucket times every candidate configuration with
+`time_ms` (GPU time of CUDA-graph replays, no host launch cost) on scratch outputs (inputs are
+only read; the caller's outputs and parameters are not touched) and keeps the fastest. The
 trade-off: a few seconds of compiling and timing per new bucket, in exchange for tiles and
 split-K chosen by measurement on this GPU rather than by rule.
-- Keys: GPU name, triton version, dtype and dot precision, the variant (epilogue and masked
-  operand), the operands' layouts (row- or column-major), and M, N, K rounded up to powers of
-  two, so a new batch size within the same bucket reuses the result instead of retuning.
+- Keys: GPU name, triton version, dtype and dot precision, the `Variant` (epilogue, masked
+  operand, TMA), the operands' layouts (row- or column-major), and M, N, K rounded up to powers
+  of two, so a new batch size within the same bucket reuses the result instead of retuning.
 - Never inside a CUDA-graph capture: there a launch takes a tuned config if one is cached, else
   the heuristic's (timing would record the benchmark runs into the graph).
-- Cached across processes in a JSON file: $FUSEDGRAD_CACHE_DIR/autotune.json, else
-  $XDG_CACHE_HOME/fusedgrad/autotune.json, else ~/.cache/fusedgrad/autotune.json. Triton caches
-  the compiled kernels itself, so a second process neither compiles nor times again.
+- Cached across processes in the Tuner's JSON file. Triton caches the compiled kernels itself,
+  so a second process neither compiles nor times again.
 Under Triton's interpreter there is nothing to time: the heuristic's (large) interpreter tiles
 always apply.
 """
@@ -40,57 +38,44 @@ from typing import Callable
 import torch
 import triton
 
-ENV_VAR = "FUSEDGRAD_AUTOTUNE"
+from .config import GemmConfig, Variant
+from .precision import precision_name
+
 # Part of every cache key: bump it when the kernel's meta-parameters or their meaning change, so
 # configs cached by an older fusedgrad are retuned instead of launched.
 SCHEMA = "gemm-v2"  # v2: PERSISTENT candidates; gated-B products launched transposed
-CONFIG_KEYS = frozenset({"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "SPLIT_K", "TMA", "PERSISTENT",
-                         "num_warps", "num_stages"})
-CACHE_ENV_VAR = "FUSEDGRAD_CACHE_DIR"
 
 # Tile shapes (BLOCK_M, BLOCK_N) of the heuristic, largest first; every block >= 16 (tl.dot's minimum).
 HEURISTIC_TILES = ((128, 128), (64, 128), (128, 64), (64, 64), (32, 64), (64, 32), (32, 32), (16, 32),
                    (32, 16), (16, 16))
 
-# Candidates for GEMM-bound shapes, (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), per dot
-# precision: 16-bit and tf32 dots run on tensor cores (wgmma on Hopper), where large tiles and
-# deep pipelines pay; IEEE fp32 dots run on the FMA units, where register pressure caps the tile.
-# Each fits Hopper's 227 KiB of shared memory in every variant, masked operands included
-# (`bench/compile_check.py --candidates` prints what each needs).
+# Candidates for GEMM-bound shapes, (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), per
+# product precision (`precision.PRECISIONS`): 16-bit and tf32 dots run on tensor cores (wgmma on
+# Hopper), where large tiles and deep pipelines pay; IEEE fp32 dots run on the FMA units, where
+# register pressure caps the tile. Each fits Hopper's 227 KiB of shared memory in every variant,
+# masked operands included (`bench/compile_check.py --candidates` prints what each needs).
+_TENSOR_CORE_16_BIT = ((128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 8, 3), (128, 128, 64, 4, 4),
+                       (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 128, 8, 2), (64, 64, 64, 4, 4))
+_TENSOR_CORE_TF32 = ((128, 256, 32, 8, 3), (256, 128, 32, 8, 3), (128, 128, 32, 8, 3), (128, 128, 32, 4, 4),
+                     (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4))
 LARGE_TILES = {
-    "16-bit": ((128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 8, 3), (128, 128, 64, 4, 4),
-               (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (128, 128, 128, 8, 2), (64, 64, 64, 4, 4)),
-    "tf32": ((128, 256, 32, 8, 3), (256, 128, 32, 8, 3), (128, 128, 32, 8, 3), (128, 128, 32, 4, 4),
-             (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4)),
+    "bf16": _TENSOR_CORE_16_BIT, "fp16": _TENSOR_CORE_16_BIT,
+    "tf32": _TENSOR_CORE_TF32, "tf32x3": _TENSOR_CORE_TF32,
     "ieee": ((128, 128, 16, 8, 3), (128, 128, 32, 8, 2), (128, 64, 32, 8, 3), (64, 128, 32, 8, 3),
              (64, 64, 32, 4, 3), (64, 64, 64, 4, 2)),
 }
 SPLIT_K_CHOICES = (2, 4, 8, 16)
 TMA_TWINS = 3  # large tiles also timed with TMA loads where the GPU has TMA
 # Persistent programs with TMA loads (flattened across tiles: the next tile's loads overlap this
-# tile's epilogue, at the cost of extra shared memory), per tensor-core precision class (FMA dots
-# get no TMA candidates: `tma_suits`); each fits 227 KiB in every variant
+# tile's epilogue, at the cost of extra shared memory), per tensor-core precision (FMA dots get
+# no TMA candidates: `tma_suits`); each fits 227 KiB in every variant
 # (`bench/compile_check.py --candidates`), which tf32's 128 x 256 at 3 stages does not.
-PERSISTENT_TILES = {
-    "16-bit": ((128, 256, 64, 8, 3), (128, 128, 64, 8, 3)),
-    "tf32": ((128, 256, 32, 8, 2), (128, 128, 32, 8, 3)),
-}
+_PERSISTENT_16_BIT = ((128, 256, 64, 8, 3), (128, 128, 64, 8, 3))
+_PERSISTENT_TF32 = ((128, 256, 32, 8, 2), (128, 128, 32, 8, 3))
+PERSISTENT_TILES = {"bf16": _PERSISTENT_16_BIT, "fp16": _PERSISTENT_16_BIT,
+                    "tf32": _PERSISTENT_TF32, "tf32x3": _PERSISTENT_TF32}
 INTERPRETER_RESIDENT_PROGRAMS = 3  # a persistent launch's grid under the interpreter: tiles per program > 1
-INTERPRETER_CONFIG = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, SPLIT_K=1, num_warps=4, num_stages=1)
-
-_autotune_override: bool | None = None
-
-
-def set_autotune(enabled: bool | None) -> None:
-    """Turn autotuning on or off for this process; None defers to FUSEDGRAD_AUTOTUNE again."""
-    global _autotune_override
-    _autotune_override = enabled
-
-
-def autotune_enabled() -> bool:
-    if _autotune_override is not None:
-        return _autotune_override
-    return os.environ.get(ENV_VAR, "0").strip().lower() in ("1", "true", "yes", "on")
+INTERPRETER_CONFIG = GemmConfig(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=4, num_warps=4, num_stages=1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -121,24 +106,16 @@ def device_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
-def precision_class(dtype: torch.dtype, input_precision: str | None) -> str:
-    """"16-bit", "tf32" (tf32 and tf32x3 dots) or "ieee": which candidate list applies."""
-    if dtype != torch.float32:
-        return "16-bit"
-    return "ieee" if input_precision == "ieee" else "tf32"
-
-
 def tma_suits(a: torch.Tensor, b: torch.Tensor, input_precision: str | None) -> bool:
     """Whether TMA candidates are worth timing for `a @ b` (sm_90 TTGIR and cubins, Triton 3.6
     and 3.9). 16-bit wgmma reads either layout from shared memory: yes. tf32 wgmma reads both
     operands K-major, and a TMA block lands in its storage layout, so only A row-major with B
     column-major keeps wgmma in flight; any other layout adds a register round trip and a wait
     every K step. IEEE fp32 dots run on the FMA units, where TMA saves nothing and its tiles
-    spill on Triton 3.9 (0.3-1.7 KiB of stack a thread): no."""
-    kind = precision_class(a.dtype, input_precision)
-    if kind == "ieee":
-        return False
-    return kind == "16-bit" or (a.stride(1) == 1 and b.stride(0) == 1)
+    spill (bench/NOTES.md v5e): no."""
+    if a.dtype != torch.float32:
+        return True
+    return input_precision != "ieee" and a.stride(1) == 1 and b.stride(0) == 1
 
 
 def cdiv(a: int, b: int) -> int:
@@ -152,13 +129,8 @@ def bucket(size: int) -> int:
     return max(16, 1 << (size - 1).bit_length())
 
 
-def heuristic(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int) -> dict:
-    """A fresh copy of `_heuristic`'s config (cached: it runs on every launch)."""
-    return dict(_heuristic(M, N, K, dtype, num_sms))
-
-
-@functools.lru_cache(maxsize=4096)
-def _heuristic(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int) -> dict:
+@functools.lru_cache(maxsize=4096)  # it runs on every launch
+def heuristic(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int) -> GemmConfig:
     """The largest tile that still gives each of `num_sms` multiprocessors a program, else the
     smallest; BLOCK_K 64 for small tiles and 16-bit inputs, 32 for large fp32 tiles; up to
     three pipeline stages, no more than there are K steps."""
@@ -169,79 +141,68 @@ def _heuristic(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int) -> dict
     block_k = 64 if small or dtype != torch.float32 else 32
     num_warps = 4 if block_m * block_n <= 64 * 64 else 8
     # Pipelining needs K steps to overlap; with one step it only holds registers (a masked
-    # operand is prefetched into registers: 204 instead of 56 per thread for 16 x 32 x 64, sm_90).
+    # operand is prefetched into registers, several times the unpipelined count).
     num_stages = max(1, min(3, cdiv(K, block_k)))
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=1,
-                num_warps=num_warps, num_stages=num_stages)
+    return GemmConfig(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=num_stages)
+
+
+def _tiles(table: tuple, **extra) -> list[GemmConfig]:
+    return [GemmConfig(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps,
+                       num_stages=num_stages, **extra)
+            for block_m, block_n, block_k, num_warps, num_stages in table]
 
 
 def candidates(M: int, N: int, K: int, dtype: torch.dtype, input_precision: str | None,
-               num_sms: int, tma: bool = False) -> list[dict]:
+               num_sms: int, tma: bool = False) -> list[GemmConfig]:
     """Every configuration the autotuner times for this shape: the heuristic's first; the large
-    tiles of the precision class that fit the bucketed shape, and with `tma` (Hopper and
+    tiles of the product's precision that fit the bucketed shape, and with `tma` (Hopper and
     later; tensor-core dots only) the first TMA_TWINS of them again with TMA loads, and the
-    PERSISTENT_TILES of the class as persistent programs with TMA loads where there are more
-    tiles than multiprocessors; and, when the output has fewer tiles than there are
+    PERSISTENT_TILES of the precision as persistent programs with TMA loads where there are
+    more tiles than multiprocessors; and, when the output has fewer tiles than there are
     multiprocessors, the heuristic's tile split over K in 2 to 16 slices of at least two K
     steps each (a long-K skinny product then fills the GPU)."""
     first = heuristic(M, N, K, dtype, num_sms)
-    found = [first]
-    large = []
-    kind = precision_class(dtype, input_precision)
-    for block_m, block_n, block_k, num_warps, num_stages in LARGE_TILES[kind]:
-        if block_m <= bucket(M) and block_n <= bucket(N) and block_k <= bucket(K):
-            large.append(dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=1,
-                              num_warps=num_warps, num_stages=num_stages))
-    found += large
-    if tma and kind != "ieee":  # FMA dots: see `tma_suits`
-        found += [dict(config, TMA=True) for config in large[:TMA_TWINS]]
-        for block_m, block_n, block_k, num_warps, num_stages in PERSISTENT_TILES[kind]:
-            if cdiv(M, block_m) * cdiv(N, block_n) > num_sms and block_k <= bucket(K):
-                found.append(dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=1,
-                                  TMA=True, PERSISTENT=True, num_warps=num_warps, num_stages=num_stages))
-    tiles = cdiv(M, first["BLOCK_M"]) * cdiv(N, first["BLOCK_N"])
-    k_steps = cdiv(K, first["BLOCK_K"])
+    name = precision_name(dtype, input_precision)
+    large = [config for config in _tiles(LARGE_TILES[name])
+             if config.BLOCK_M <= bucket(M) and config.BLOCK_N <= bucket(N) and config.BLOCK_K <= bucket(K)]
+    found = [first, *large]
+    if tma and name != "ieee":  # FMA dots: see `tma_suits`
+        found += [config.replace(TMA=True) for config in large[:TMA_TWINS]]
+        found += [config for config in _tiles(PERSISTENT_TILES[name], TMA=True, PERSISTENT=True)
+                  if cdiv(M, config.BLOCK_M) * cdiv(N, config.BLOCK_N) > num_sms and config.BLOCK_K <= bucket(K)]
+    tiles = cdiv(M, first.BLOCK_M) * cdiv(N, first.BLOCK_N)
+    k_steps = cdiv(K, first.BLOCK_K)
     for split_k in SPLIT_K_CHOICES:
         if tiles < num_sms and k_steps >= 2 * split_k and tiles * split_k <= 4 * num_sms:
-            found.append(dict(first, SPLIT_K=split_k))
-    unique = []
-    for config in found:
-        if config not in unique:
-            unique.append(config)
-    return unique
+            found.append(first.replace(SPLIT_K=split_k))
+    return list(dict.fromkeys(found))  # distinct, in order
 
 
 def _layout(t: torch.Tensor) -> str:
     return "row" if t.stride(1) == 1 else "col" if t.stride(0) == 1 else "strided"
 
 
-def key(a: torch.Tensor, b: torch.Tensor, variant: str, input_precision: str | None) -> str:
+def key(a: torch.Tensor, b: torch.Tensor, variant: Variant, input_precision: str | None) -> str:
     """The autotuner's cache key of `a @ b` in kernel variant `variant` (see the module text)."""
     (M, K), N = a.shape, b.shape[1]
     name = _device_name(device_index(a.device)) if a.is_cuda else str(a.device)
     return "|".join((SCHEMA, name, f"triton {triton.__version__}", str(a.dtype).removeprefix("torch."),
-                     str(input_precision), variant, f"a {_layout(a)}", f"b {_layout(b)}",
+                     str(input_precision), str(variant), f"a {_layout(a)}", f"b {_layout(b)}",
                      f"M {bucket(M)}", f"N {bucket(N)}", f"K {bucket(K)}"))
 
 
-def cache_path() -> pathlib.Path:
-    root = os.environ.get(CACHE_ENV_VAR)
-    if root:
-        return pathlib.Path(root) / "autotune.json"
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return pathlib.Path(xdg) / "fusedgrad" / "autotune.json"
+def time_ms(run: Callable[[], None]) -> float:
+    """GPU time of one call of `run`, from calls replayed in a CUDA graph: host launch cost,
+    which would swamp the small kernels' differences, is left out."""
+    return triton.testing.do_bench_cudagraph(run, rep=20, return_mode="median")
 
 
 class Tuner:
-    """Tuned configurations by key, in memory and in a JSON file shared by processes."""
+    """Tuned configurations by key, in memory and in the JSON file `path` shared by processes."""
 
-    def __init__(self, path: pathlib.Path | None = None):
-        self._path = path
+    def __init__(self, path: str | os.PathLike):
+        self.path = pathlib.Path(path)
         self._table: dict[str, dict] | None = None
-
-    @property
-    def path(self) -> pathlib.Path:
-        return self._path or cache_path()
 
     def _read(self) -> dict[str, dict]:
         try:
@@ -256,16 +217,16 @@ class Tuner:
             self._table = self._read()
         return dict(self._table)
 
-    def lookup(self, key: str) -> dict | None:
+    def lookup(self, key: str) -> GemmConfig | None:
         if self._table is None:
             self._table = self._read()
         entry = self._table.get(key)
-        config = entry.get("config") if isinstance(entry, dict) else None
-        if not isinstance(config, dict) or not set(config) <= CONFIG_KEYS:
-            return None  # missing, or written by something else: tune again
-        return config
+        try:
+            return GemmConfig.of(entry["config"])
+        except (TypeError, KeyError, ValueError):  # missing, or written by something else: tune again
+            return None
 
-    def tune(self, key: str, configs: list[dict], time_ms: Callable[[dict], float]) -> dict:
+    def tune(self, key: str, configs: list[GemmConfig], time_ms: Callable[[GemmConfig], float]) -> GemmConfig:
         """Time every config (a config that fails to compile or launch counts as infinitely
         slow), remember the fastest under `key`, write the file, return the fastest."""
         times, errors = [], []
@@ -281,8 +242,8 @@ class Tuner:
             last = next((e for e in reversed(errors) if e is not None), None)
             raise RuntimeError(f"autotune: no candidate configuration ran for {key} "
                                f"(last error: {last!r})") from last
-        entry = {"config": configs[best], "ms": times[best],
-                 "timed": [[config, t] if e is None else [config, t, repr(e)[:300]]
+        entry = {"config": configs[best].meta, "ms": times[best],
+                 "timed": [[config.meta, t] if e is None else [config.meta, t, repr(e)[:300]]
                            for config, t, e in zip(configs, times, errors)]}
         if self._table is None:
             self._table = self._read()
@@ -303,40 +264,37 @@ class Tuner:
             pass
 
 
-TUNER = Tuner()
-
-
 def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def default(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device, *, interpreted: bool) -> dict:
+def default(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device, *, interpreted: bool) -> GemmConfig:
     """The untuned configuration: the interpreter's large tiles, else the heuristic's."""
     if interpreted:
-        return dict(INTERPRETER_CONFIG)
+        return INTERPRETER_CONFIG
     return heuristic(M, N, K, dtype, multiprocessors(device_index(device)))
 
 
-def choose(a: torch.Tensor, b: torch.Tensor, variant: str, input_precision: str | None, *,
-           interpreted: bool, time_ms: Callable[[dict], float] | None = None,
-           tma_ready: Callable[[], bool] | None = None) -> dict:
-    """The configuration for `a @ b` in kernel variant `variant`: the interpreter's, the
-    heuristic's, or, with autotuning on, a tuned one (timed now with `time_ms` if the bucket is
-    new, unless a CUDA graph is being captured). `tma_ready()` says whether TMA descriptors can
-    describe the operands: such launches are tuned under their own key, with TMA candidates on
-    Hopper where `tma_suits` says they can pay."""
+def choose(a: torch.Tensor, b: torch.Tensor, variant: Variant, input_precision: str | None, *,
+           interpreted: bool, tuner: Tuner | None = None, run: Callable[[GemmConfig], None] | None = None,
+           tma_ready: Callable[[], bool] | None = None) -> GemmConfig:
+    """The configuration for `a @ b` in kernel `variant`: the interpreter's, the heuristic's,
+    or, with a `tuner`, a tuned one (timed now if the bucket is new, unless a CUDA graph is
+    being captured: `run(config)` launches `config` on scratch outputs). `tma_ready()` says
+    whether TMA descriptors can describe the operands: such launches are tuned under their own
+    key, with TMA candidates on Hopper where `tma_suits` says they can pay."""
     (M, K), N = a.shape, b.shape[1]
-    if not interpreted and autotune_enabled():
+    if tuner is not None and not interpreted:
         tma = tma_ready is not None and tma_ready()
-        tuned_key = key(a, b, variant + (" tma" if tma else ""), input_precision)
-        config = TUNER.lookup(tuned_key)
+        tuned_key = key(a, b, variant._replace(tma=tma), input_precision)
+        config = tuner.lookup(tuned_key)
         if config is not None:
             return config
-        if time_ms is not None and not _capturing(a.device):
+        if run is not None and not _capturing(a.device):
             if a.is_cuda:
                 torch.cuda.synchronize(a.device)  # time on an idle GPU, after the inputs are written
             index = device_index(a.device)
-            tma = tma and has_tma(index) and tma_suits(a, b, input_precision)
-            configs = candidates(M, N, K, a.dtype, input_precision, multiprocessors(index), tma)
-            return TUNER.tune(tuned_key, configs, time_ms)
+            with_tma = tma and has_tma(index) and tma_suits(a, b, input_precision)
+            configs = candidates(M, N, K, a.dtype, input_precision, multiprocessors(index), with_tma)
+            return tuner.tune(tuned_key, configs, lambda config: time_ms(lambda: run(config)))
     return default(M, N, K, a.dtype, a.device, interpreted=interpreted)

@@ -1,17 +1,17 @@
 """Test tiers: ATen (everywhere), Triton kernels (interpreted on CPU, compiled on CUDA), and
 `@pytest.mark.gpu` tests that need CUDA.
 
-Triton reads TRITON_INTERPRET when it is imported, so it is set here, before any test module
-imports fusedgrad's kernels, whenever there is no CUDA device.
+Triton reads TRITON_INTERPRET when it is imported, so the interpreter is turned on here, before
+any test module imports fusedgrad's kernels, whenever there is no CUDA device.
 """
-
-import os
 
 import pytest
 import torch
 
+from fusedgrad.settings import use_triton_interpreter
+
 if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+    use_triton_interpreter()
 
 
 def pytest_collection_modifyitems(config, items):

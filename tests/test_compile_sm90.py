@@ -6,6 +6,7 @@ and checks that 16-bit GEMM tiles use wgmma. On a CUDA machine tier 2 compiles t
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -22,4 +23,5 @@ def test_kernels_compile_for_sm90(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "compile_check.py")],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "95 of 95 kernel variants compiled for sm_90" in result.stdout
+    compiled, checked = re.search(r"(\d+) of (\d+) kernel variants compiled for sm_90", result.stdout).groups()
+    assert compiled == checked and int(checked) > 0 and "FAIL" not in result.stdout

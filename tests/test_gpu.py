@@ -230,44 +230,37 @@ def test_split_k_under_graph_replay_and_on_two_streams():
     assert_close(expected, (a.double() @ b.double()).relu().cpu(), "float32")
 
 
-def test_autotune_on_gpu_caches_and_never_tunes_in_a_capture(tmp_path, monkeypatch):
+def test_autotune_on_gpu_caches_and_never_tunes_in_a_capture(tmp_path):
     """Small shapes keep the candidate lists (and the compile time) short."""
     kernels = fusedgrad.dispatch.load_kernels()
-    tuning = kernels.tuning
-    monkeypatch.setenv(tuning.CACHE_ENV_VAR, str(tmp_path))
-    monkeypatch.setattr(tuning, "TUNER", tuning.Tuner())
+    tuner = kernels.tuning.Tuner(tmp_path / "autotune.json")
     a = make_operand(48, 96, torch.bfloat16, "cuda").requires_grad_()
     b = make_operand(96, 40, torch.bfloat16, "cuda", "transposed").requires_grad_()
     grad_out = torch.randn(48, 40, dtype=torch.bfloat16, device="cuda")
     x, w = torch.randn(192, 2048, device="cuda"), torch.randn(2048, 96, device="cuda")
-    tuning.set_autotune(False)  # whatever FUSEDGRAD_AUTOTUNE says
     kernels.matmul(x, w, relu=True)  # compile the heuristic's kernel before autotuning
-    tuning.set_autotune(True)
-    try:
-        with fusedgrad.backend("triton"):
-            out = fusedgrad.mm_relu(a, b)
-        out.backward(grad_out)
-        table = tuning.TUNER.entries()
-        assert len(table) == 3  # forward and both masked backward variants, each tuned once
-        assert all(entry["ms"] > 0 and entry["config"] in [timed[0] for timed in entry["timed"]]
-                   for entry in table.values())
-        ref_out, ref_a, ref_b = relu_matmul_float64(a, b, grad_out, mask_from=out)
-        for actual, reference in ((out, ref_out), (a.grad, ref_a), (b.grad, ref_b)):
-            assert_close(actual, reference, "bfloat16")
-        # A new bucket inside a capture: the heuristic's config runs, nothing is timed or written.
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            captured = kernels.matmul(x, w, relu=True)
-        graph.replay()
-        torch.cuda.synchronize()
-        assert len(tuning.TUNER._read()) == 3
-        assert_close(captured, (x.double() @ w.double()).relu().cpu(),
-                     "tf32" if kernels.gemm.input_precision(torch.float32) == "tf32" else "float32")
-        # The fused step's warm-up (outside its capture) tunes its four tunable GEMMs.
-        xs, ys = torch.randn(16, 256, device="cuda"), torch.randn(16, 16, device="cuda")
-        w1, w2 = torch.randn(256, 32, device="cuda") * 0.1, torch.randn(32, 16, device="cuda") * 0.1
+    with fusedgrad.backend("triton"), fusedgrad.autotune(), fusedgrad.cache_dir(tmp_path):
+        out = fusedgrad.mm_relu(a, b)
+    out.backward(grad_out)
+    table = tuner.entries()
+    assert len(table) == 3  # forward and both masked backward variants, each tuned once
+    assert all(entry["ms"] > 0 and entry["config"] in [timed[0] for timed in entry["timed"]]
+               for entry in table.values())
+    ref_out, ref_a, ref_b = relu_matmul_float64(a, b, grad_out, mask_from=out)
+    for actual, reference in ((out, ref_out), (a.grad, ref_a), (b.grad, ref_b)):
+        assert_close(actual, reference, "bfloat16")
+    # A new bucket inside a capture: the heuristic's config runs, nothing is timed or written.
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = kernels.matmul(x, w, relu=True, tuner=tuner)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert len(kernels.tuning.Tuner(tuner.path).entries()) == 3
+    assert_close(captured, (x.double() @ w.double()).relu().cpu(), "float32")
+    # The fused step's warm-up (outside its capture) tunes its four tunable GEMMs.
+    xs, ys = torch.randn(16, 256, device="cuda"), torch.randn(16, 16, device="cuda")
+    w1, w2 = torch.randn(256, 32, device="cuda") * 0.1, torch.randn(32, 16, device="cuda") * 0.1
+    with fusedgrad.autotune(), fusedgrad.cache_dir(tmp_path):
         step = fusedgrad.CUDAGraphStep(xs, ys, w1, w2, 1e-3)
-        assert len(tuning.TUNER._read()) == 3 + 4
-        assert torch.isfinite(step.replay()).item()
-    finally:
-        tuning.set_autotune(None)
+    assert len(kernels.tuning.Tuner(tuner.path).entries()) == 3 + 4
+    assert torch.isfinite(step.replay()).item()

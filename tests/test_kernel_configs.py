@@ -8,19 +8,19 @@ import pytest
 import torch
 
 import fusedgrad
-from fusedgrad.kernels import gemm, tuning
+from fusedgrad.kernels import GemmConfig, Variant, gemm, tuning
 from helpers import assert_close, kernel_device, make_operand, record_grids, relu_matmul_float64
 
 DEVICE = kernel_device()
 
 
-def split(split_k: int, block: int = 16, block_k: int = 16) -> dict:
-    return dict(BLOCK_M=block, BLOCK_N=block, BLOCK_K=block_k, GROUP_M=2, SPLIT_K=split_k,
-                num_warps=4, num_stages=2)
+def split(split_k: int, block: int = 16, block_k: int = 16) -> GemmConfig:
+    return GemmConfig(BLOCK_M=block, BLOCK_N=block, BLOCK_K=block_k, GROUP_M=2, SPLIT_K=split_k,
+                      num_warps=4, num_stages=2)
 
 
-def persistent(block: int = 16, **extra) -> dict:
-    return dict(split(1, block=block), PERSISTENT=True, **extra)
+def persistent(block: int = 16, **extra) -> GemmConfig:
+    return split(1, block=block).replace(PERSISTENT=True, **extra)
 
 
 @pytest.fixture(autouse=True)
@@ -138,7 +138,8 @@ def test_fused_step_with_every_gemm_split_or_persistent(config, monkeypatch):
     ref_loss = fusedgrad.train_step_reference(x.double().cpu(), y.double().cpu(), ref_w1, ref_w2, 1e-3)
     with fusedgrad.backend("triton"):
         loss = fusedgrad.train_step(x, y, w1, w2, 1e-3)
-    assert chosen == ["relu mask=0", "relu_mask mask=0", "sgd mask=0", "sgd mask=0"]
+    assert chosen == [Variant("relu", gemm.NO_MASK), Variant("relu_mask", gemm.NO_MASK), Variant("sgd", gemm.NO_MASK),
+                      Variant("sgd", gemm.NO_MASK)]
     torch.testing.assert_close(loss.double().cpu(), ref_loss, rtol=1e-5, atol=0)
     assert_close(w1, ref_w1, "float32")
     assert_close(w2, ref_w2, "float32")
@@ -151,9 +152,9 @@ CANDIDATES = [(dtype, precision, config)
 
 
 @pytest.mark.parametrize("dtype, precision, config", CANDIDATES,
-                         ids=[f"{str(d).removeprefix('torch.')}-{p}-{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']}"
-                              f"-split{c['SPLIT_K']}{'-tma' if c.get('TMA') else ''}"
-                              f"{'-persistent' if c.get('PERSISTENT') else ''}" for d, p, c in CANDIDATES])
+                         ids=[f"{str(d).removeprefix('torch.')}-{p}-{c.BLOCK_M}x{c.BLOCK_N}x{c.BLOCK_K}"
+                              f"-split{c.SPLIT_K}{'-tma' if c.TMA else ''}{'-persistent' if c.PERSISTENT else ''}"
+                              for d, p, c in CANDIDATES])
 def test_every_autotuning_candidate_is_correct(dtype, precision, config):
     """Each configuration the autotuner may pick, forward (ReLU) and both masked backward
     variants, on a shape that is a multiple of no block size but keeps rows 16-byte aligned, so
@@ -194,18 +195,50 @@ def test_persistent_programs_walk_every_tile(variant, monkeypatch):
     assert grids == [(3, 1)]
 
 
-def test_persistent_launch_refuses_split_k():
+BAD_CONFIGS = [
+    (dict(SPLIT_K=0), "SPLIT_K must be >= 1, got 0"),
+    (dict(SPLIT_K=-1), "SPLIT_K must be >= 1, got -1"),
+    (dict(BLOCK_M=3), "BLOCK_M must be a power of two >= 16, got 3"),
+    (dict(BLOCK_N=48), "BLOCK_N must be a power of two >= 16, got 48"),
+    (dict(BLOCK_K=8), "BLOCK_K must be a power of two >= 16, got 8"),
+    (dict(GROUP_M=0), "GROUP_M must be >= 1, got 0"),
+    (dict(num_warps=3), "num_warps must be a power of two from 1 to 32, got 3"),
+    (dict(num_stages=0), "num_stages must be >= 1, got 0"),
+    (dict(SPLIT_K=2, PERSISTENT=True), "a PERSISTENT launch takes SPLIT_K 1, got SPLIT_K 2"),
+    (dict(TMA=1), "TMA must be bool, got 1"),
+    (dict(BLOCK_M=32.0), "BLOCK_M must be int, got 32.0"),
+    (dict(BLOCK_M=True), "BLOCK_M must be int, got True"),
+    (dict(SPLITK=2), "unknown field.*'SPLITK'"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD_CONFIGS, ids=[m.split(" ")[0] for _, m in BAD_CONFIGS])
+def test_bad_configs_are_refused_before_any_launch(change, message, monkeypatch):
+    """Every field is checked when a config is made, so a bad one never reaches a kernel (a
+    SPLIT_K of 0 would leave the output unwritten); dicts go through the same checks."""
+    monkeypatch.setattr(gemm, "_matmul_kernel", None)  # a launch would crash differently
     a, b = torch.randn(20, 30, device=DEVICE), torch.randn(30, 20, device=DEVICE)
-    with pytest.raises(ValueError, match="persistent launch takes SPLIT_K 1"):
-        gemm.matmul(a, b, config=dict(split(2), PERSISTENT=True))
+    fields = dict(split(1).meta, **change)
+    with pytest.raises(ValueError, match=message):
+        gemm.matmul(a, b, config=fields)
+    with pytest.raises(ValueError, match=message):
+        GemmConfig.of(fields)
+
+
+def test_config_from_a_dict_takes_the_defaults():
+    config = GemmConfig.of(dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=16))
+    assert config == GemmConfig(64, 32, 16) and (config.SPLIT_K, config.TMA, config.PERSISTENT) == (1, False, False)
+    assert GemmConfig.of(config) is config
+    with pytest.raises(ValueError, match="missing field.*BLOCK_K"):
+        GemmConfig.of(dict(BLOCK_M=64, BLOCK_N=32))
+    with pytest.raises(TypeError, match="GemmConfig or a dict"):
+        GemmConfig.of([64, 32, 16])
 
 
 def test_fp32_precision_is_checked():
     a, b = torch.randn(4, 4, device=DEVICE), torch.randn(4, 4, device=DEVICE)
-    with pytest.raises(ValueError, match="tf32x4"):
+    with pytest.raises(ValueError, match="matmul: fp32 precision 'tf32x4' is not one of ieee, tf32, tf32x3"):
         gemm.matmul(a, b, fp32_precision="tf32x4")
-    assert gemm.input_precision(torch.float32, "tf32x3") == "tf32x3"
-    assert gemm.input_precision(torch.bfloat16, "tf32x3") is None  # 16-bit dots ignore it
 
 
 @pytest.mark.parametrize("layout_b", ["contiguous", "transposed"])
@@ -217,7 +250,7 @@ def test_tma_loads_every_layout_and_fall_back_when_unaligned(layout_a, layout_b,
     described = []
     descriptor = gemm._descriptor
     monkeypatch.setattr(gemm, "_descriptor", lambda t, *block: described.append(t.shape) or descriptor(t, *block))
-    config = dict(split(1, block=32, block_k=32), TMA=True)
+    config = split(1, block=32, block_k=32).replace(TMA=True)
     a = make_operand(72, 136, torch.float32, DEVICE, layout_a)
     b = make_operand(136, 40, torch.float32, DEVICE, layout_b)
     gate = torch.randn(72, 136, device=DEVICE)

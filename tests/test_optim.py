@@ -117,8 +117,12 @@ def test_non_contiguous_parameter_takes_the_aten_path():
     torch.testing.assert_close(param.detach(), expected)
 
 
-def test_bad_arguments():
-    with pytest.raises(ValueError, match="lr must be >= 0"):
-        SGD([torch.zeros(1, requires_grad=True)], lr=-1.0)
-    with pytest.raises(ValueError, match="0-d floating-point"):
-        SGD([torch.zeros(1, requires_grad=True)], lr=torch.ones(2))
+def test_a_group_lr_set_after_construction_is_checked_before_any_update():
+    params, _ = make_params("cpu")
+    fill_grads(params, params)
+    before = [p.detach().clone() for p in params]
+    optimizer = SGD(params, lr=0.1)
+    optimizer.param_groups[0]["lr"] = float("nan")
+    with pytest.raises(ValueError, match="SGD.step: lr must be finite and >= 0, got nan"):
+        optimizer.step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before))

@@ -95,8 +95,9 @@ def test_two_layer_net():
     (lambda t: {**t, "w2": t["w2"][:5]}, ValueError, r"w1 is \(70, 33\), w2 is \(5, 5\)"),
     (lambda t: {**t, "w2": t["w2"].double()}, TypeError, "w1 is torch.float32, w2 is torch.float64"),
     (lambda t: {**t, "x": t["x"][:, :0], "w1": t["w1"][:0]}, ValueError, "empty dimension"),
-    (lambda t: {**t, "lr": torch.ones(2)}, ValueError, "0-d float tensor"),
-    (lambda t: {**t, "lr": "0.1"}, TypeError, "lr must be a float"),
+    (lambda t: {**t, "lr": torch.ones(2)}, ValueError, "train_step: a tensor lr must be a 0-d floating-point tensor"),
+    (lambda t: {**t, "lr": "0.1"}, TypeError, "train_step: lr must be a number or a 0-d tensor, got str"),
+    (lambda t: {**t, "lr": -1e-3}, ValueError, "train_step: lr must be finite and >= 0, got -0.001"),
 ])
 def test_bad_input_changes_nothing(change, error, message):
     x, y, w1, w2 = problem("cpu")
@@ -107,14 +108,15 @@ def test_bad_input_changes_nothing(change, error, message):
     assert torch.equal(w1, before[0]) and torch.equal(w2, before[1])
 
 
-def test_fp32_precision_reaches_the_fused_step(monkeypatch):
+def test_settings_reach_the_fused_step(monkeypatch, tmp_path):
     kernels = fusedgrad.dispatch.load_kernels()
     seen = []
     step = kernels.two_layer_sgd_step
-    monkeypatch.setattr(kernels, "two_layer_sgd_step", lambda *args: seen.append(args[-1]) or step(*args))
+    monkeypatch.setattr(kernels, "two_layer_sgd_step", lambda *args: seen.append(args[-2:]) or step(*args))
     x, y, w1, w2 = problem(kernel_device())
     with fusedgrad.backend("triton"):
         fusedgrad.train_step(x, y, w1, w2, 1e-4)
-        with fusedgrad.fp32_precision("tf32x3"):
+        with fusedgrad.fp32_precision("tf32x3"), fusedgrad.autotune(), fusedgrad.cache_dir(tmp_path):
             fusedgrad.train_step(x, y, w1, w2, 1e-4)
-    assert seen == [None, "tf32x3"]
+    assert seen[0] == ("ieee", None)
+    assert seen[1][0] == "tf32x3" and seen[1][1].path == tmp_path / "autotune.json"

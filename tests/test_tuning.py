@@ -9,30 +9,35 @@ import sys
 import pytest
 import torch
 
-from fusedgrad.kernels import tuning
+from fusedgrad.kernels import GemmConfig, Variant, tuning
 
 SMS = 132
+RELU = Variant("relu", 0)
 
 
 @pytest.fixture
-def compiled_gpu(monkeypatch, tmp_path):
-    """Pretend to be a compiled-mode launch on a 132-multiprocessor GPU, with autotuning on and
-    a fresh cache file."""
+def tuner(monkeypatch, tmp_path):
+    """Pretend to be a compiled-mode launch on a 132-multiprocessor GPU, with a fresh cache file;
+    the tuner's clock is faked (`fake_clock`)."""
     monkeypatch.setattr(tuning, "multiprocessors", lambda index: SMS)
     monkeypatch.setattr(tuning, "device_index", lambda device: 0)
     monkeypatch.setattr(tuning, "has_tma", lambda index: True)
-    monkeypatch.setenv(tuning.CACHE_ENV_VAR, str(tmp_path))
-    monkeypatch.setattr(tuning, "TUNER", tuning.Tuner())
-    tuning.set_autotune(True)
-    yield tmp_path / "autotune.json"
-    tuning.set_autotune(None)
+    monkeypatch.setattr(tuning, "time_ms", lambda run: run())
+    return tuning.Tuner(tmp_path / "autotune.json")
 
 
-def fake_clock(fastest: dict, calls: list):
-    def time_ms(config):
+def fake_clock(fastest, calls: list):
+    """A `run` for `tuning.choose` whose timing (through the patched `time_ms`) is 1 ms for
+    `fastest` and more for every other config; records the configs timed."""
+    def run(config):
         calls.append(config)
         return 1.0 if config == fastest else 2.0 + len(calls)
-    return time_ms
+    return run
+
+
+def choose(a, b, precision, tuner, calls, fastest=None, tma_ready=None, variant=RELU):
+    return tuning.choose(a, b, variant, precision, interpreted=False, tuner=tuner, run=fake_clock(fastest, calls),
+                         tma_ready=tma_ready)
 
 
 def operands(M, K, N, dtype=torch.float32):
@@ -41,37 +46,36 @@ def operands(M, K, N, dtype=torch.float32):
 
 def test_heuristic_fills_the_multiprocessors():
     tutorial = tuning.heuristic(64, 100, 1000, torch.float32, SMS)  # 64 x 100 output
-    assert (tutorial["BLOCK_M"], tutorial["BLOCK_N"], tutorial["SPLIT_K"]) == (16, 16, 1)
+    assert (tutorial.BLOCK_M, tutorial.BLOCK_N, tutorial.SPLIT_K) == (16, 16, 1)
     large = tuning.heuristic(4096, 4096, 4096, torch.bfloat16, SMS)
-    assert (large["BLOCK_M"], large["BLOCK_N"], large["BLOCK_K"], large["num_warps"]) == (128, 128, 64, 8)
-    assert tuning.heuristic(1000, 100, 64, torch.float32, SMS)["num_stages"] == 1  # one K step: no pipeline
+    assert (large.BLOCK_M, large.BLOCK_N, large.BLOCK_K, large.num_warps) == (128, 128, 64, 8)
+    assert tuning.heuristic(1000, 100, 64, torch.float32, SMS).num_stages == 1  # one K step: no pipeline
 
 
 def test_candidates():
     large = tuning.candidates(4096, 4096, 4096, torch.bfloat16, None, SMS)
     assert large[0] == tuning.heuristic(4096, 4096, 4096, torch.bfloat16, SMS)
-    assert len(large) == len({json.dumps(c, sort_keys=True) for c in large}) >= 6  # distinct
-    assert all(c["SPLIT_K"] == 1 for c in large)  # enough tiles: never split K
-    assert all(min(c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]) >= 16 for c in large)
+    assert len(large) == len(set(large)) >= 6  # distinct
+    assert all(isinstance(c, GemmConfig) and c.SPLIT_K == 1 for c in large)  # enough tiles: never split K
     ieee = tuning.candidates(4096, 4096, 4096, torch.float32, "ieee", SMS)
-    assert max(c["BLOCK_M"] * c["BLOCK_N"] for c in ieee) == 128 * 128  # FMA dots: no 128 x 256
+    assert max(c.BLOCK_M * c.BLOCK_N for c in ieee) == 128 * 128  # FMA dots: no 128 x 256
     skinny = tuning.candidates(64, 100, 1000, torch.float32, "ieee", SMS)
-    assert sorted(c["SPLIT_K"] for c in skinny if c["SPLIT_K"] > 1) == [2, 4, 8]  # 16 K steps of 64
-    assert all(c["BLOCK_M"] <= 64 for c in skinny)  # no tile beyond the bucketed shape
+    assert sorted(c.SPLIT_K for c in skinny if c.SPLIT_K > 1) == [2, 4, 8]  # 16 K steps of 64
+    assert all(c.BLOCK_M <= 64 for c in skinny)  # no tile beyond the bucketed shape
     with_tma = tuning.candidates(4096, 4096, 4096, torch.bfloat16, None, SMS, tma=True)
-    twins = [c for c in with_tma if c.get("TMA") and not c.get("PERSISTENT")]
-    assert len(twins) == tuning.TMA_TWINS and all(dict(c, TMA=False) != c for c in twins)
-    persistent = [c for c in with_tma if c.get("PERSISTENT")]
-    assert len(persistent) == len(tuning.PERSISTENT_TILES["16-bit"]) and all(c["TMA"] for c in persistent)
-    assert [dict(c) for c in with_tma if not c.get("TMA")] == large
+    twins = [c for c in with_tma if c.TMA and not c.PERSISTENT]
+    assert len(twins) == tuning.TMA_TWINS and all(c.replace(TMA=False) in large for c in twins)
+    persistent = [c for c in with_tma if c.PERSISTENT]
+    assert len(persistent) == len(tuning.PERSISTENT_TILES["bf16"]) and all(c.TMA for c in persistent)
+    assert [c for c in with_tma if not c.TMA] == large
     # Persistent programs only where there are more tiles than multiprocessors.
-    assert not any(c.get("PERSISTENT") for c in tuning.candidates(1024, 1024, 4096, torch.bfloat16, None, SMS, tma=True))
+    assert not any(c.PERSISTENT for c in tuning.candidates(1024, 1024, 4096, torch.bfloat16, None, SMS, tma=True))
 
 
 @pytest.mark.parametrize("precision, layout_a, layout_b, expected", [
     ("tf32", "row", "col", True), ("tf32", "row", "row", False), ("tf32", "col", "col", False),
     ("tf32x3", "row", "row", False), ("ieee", "row", "col", False), (None, "col", "row", True)])
-def test_tma_is_offered_only_where_it_suits(compiled_gpu, precision, layout_a, layout_b, expected):
+def test_tma_is_offered_only_where_it_suits(tuner, precision, layout_a, layout_b, expected):
     """tf32 wgmma reads both operands K-major from shared memory, where a TMA block keeps its
     storage layout: TMA candidates for tf32 need A row-major and B column-major; IEEE (FMA)
     dots get none; 16-bit ones get them in any layout."""
@@ -80,101 +84,97 @@ def test_tma_is_offered_only_where_it_suits(compiled_gpu, precision, layout_a, l
     b = torch.empty(4096, 4096, dtype=dtype) if layout_b == "row" else torch.empty(4096, 4096, dtype=dtype).T
     assert tuning.tma_suits(a, b, precision) == expected
     calls = []
-    tuning.choose(a, b, "relu mask=0", precision, interpreted=False, time_ms=fake_clock({}, calls),
-                  tma_ready=lambda: True)
-    assert any(c.get("TMA") for c in calls) == expected
+    choose(a, b, precision, tuner, calls, tma_ready=lambda: True)
+    assert any(c.TMA for c in calls) == expected
 
 
 def test_buckets_share_a_key_and_layouts_do_not():
     a, b = operands(1000, 300, 100)
-    assert tuning.key(a, b, "relu mask=0", "ieee") == tuning.key(*operands(600, 500, 70), "relu mask=0", "ieee")
-    assert tuning.key(a, b, "relu mask=0", "ieee") != tuning.key(*operands(1100, 300, 100), "relu mask=0", "ieee")
-    assert tuning.key(a, b, "relu mask=0", "ieee") != tuning.key(a.T.contiguous().T, b, "relu mask=0", "ieee")
-    assert tuning.key(a, b, "relu mask=0", "ieee") != tuning.key(a, b, "none mask=2", "ieee")
-    assert tuning.key(a, b, "relu mask=0", "ieee") != tuning.key(a, b, "relu mask=0", "tf32")
+    key = tuning.key(a, b, RELU, "ieee")
+    assert key == tuning.key(*operands(600, 500, 70), RELU, "ieee")
+    assert key != tuning.key(*operands(1100, 300, 100), RELU, "ieee")
+    assert key != tuning.key(a.T.contiguous().T, b, RELU, "ieee")
+    assert key != tuning.key(a, b, Variant("none", 2), "ieee")
+    assert key != tuning.key(a, b, RELU._replace(tma=True), "ieee")
+    assert key != tuning.key(a, b, RELU, "tf32")
     assert [tuning.bucket(n) for n in (1, 16, 17, 100, 1024, 1025)] == [16, 16, 32, 128, 1024, 2048]
 
 
-def test_autotune_times_once_per_bucket_and_writes_the_cache(compiled_gpu):
+def test_autotune_times_once_per_bucket_and_writes_the_cache(tuner):
     a, b = operands(64, 1000, 100)
     configs = tuning.candidates(64, 100, 1000, torch.float32, "ieee", SMS, tma=True)
     fastest = configs[2]
     calls = []
-    chosen = tuning.choose(a, b, "relu mask=0", "ieee", interpreted=False, time_ms=fake_clock(fastest, calls),
-                           tma_ready=lambda: True)
-    assert chosen == fastest and calls == configs
-    again = tuning.choose(*operands(60, 900, 90), "relu mask=0", "ieee", interpreted=False,
-                          time_ms=fake_clock(fastest, calls), tma_ready=lambda: True)
+    assert choose(a, b, "ieee", tuner, calls, fastest, tma_ready=lambda: True) == fastest and calls == configs
+    again = choose(*operands(60, 900, 90), "ieee", tuner, calls, fastest, tma_ready=lambda: True)
     assert again == fastest and calls == configs  # same bucket: nothing timed again
-    entry = json.loads(compiled_gpu.read_text())[tuning.key(a, b, "relu mask=0 tma", "ieee")]
-    assert entry["config"] == fastest and entry["ms"] == 1.0 and len(entry["timed"]) == len(calls)
+    entry = json.loads(tuner.path.read_text())[tuning.key(a, b, RELU._replace(tma=True), "ieee")]
+    assert GemmConfig.of(entry["config"]) == fastest and entry["ms"] == 1.0 and len(entry["timed"]) == len(calls)
     # Operands TMA cannot describe: their own entry, and no TMA candidate timed.
     pointer_calls = []
-    tuning.choose(a, b, "relu mask=0", "ieee", interpreted=False, time_ms=fake_clock(fastest, pointer_calls),
-                  tma_ready=lambda: False)
-    assert pointer_calls and not any(c.get("TMA") for c in pointer_calls)
-    assert tuning.key(a, b, "relu mask=0", "ieee") in json.loads(compiled_gpu.read_text())
+    choose(a, b, "ieee", tuner, pointer_calls, fastest, tma_ready=lambda: False)
+    assert pointer_calls and not any(c.TMA for c in pointer_calls)
+    assert tuning.key(a, b, RELU, "ieee") in json.loads(tuner.path.read_text())
 
 
-def test_tuned_configs_survive_the_process(compiled_gpu):
-    """A new process (a fresh Tuner) reads the file instead of timing again."""
+def test_tuned_configs_survive_the_process(tuner):
+    """A new process (a fresh Tuner on the same file) reads the file instead of timing again."""
     a, b = operands(64, 1000, 100)
     fastest = tuning.candidates(64, 100, 1000, torch.float32, "ieee", SMS)[1]
-    tuning.choose(a, b, "relu mask=0", "ieee", interpreted=False, time_ms=fake_clock(fastest, []))
-    code = ("import json, sys, torch; from fusedgrad.kernels import tuning; "
-            "key = tuning.key(torch.empty(64, 1000), torch.empty(1000, 100), 'relu mask=0', 'ieee'); "
-            "print(json.dumps(tuning.Tuner().lookup(key)))")
-    env = {"FUSEDGRAD_CACHE_DIR": str(compiled_gpu.parent), "TRITON_INTERPRET": "1", "PATH": ""}
+    choose(a, b, "ieee", tuner, [], fastest)
+    code = ("import json, sys, torch; from fusedgrad.kernels import Variant, tuning; "
+            "key = tuning.key(torch.empty(64, 1000), torch.empty(1000, 100), Variant('relu', 0), 'ieee'); "
+            f"print(json.dumps(tuning.Tuner({str(tuner.path)!r}).lookup(key).meta))")
+    env = {"TRITON_INTERPRET": "1", "PATH": ""}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert json.loads(result.stdout) == fastest, result.stderr
+    assert GemmConfig.of(json.loads(result.stdout)) == fastest, result.stderr
 
 
-def test_no_timing_inside_a_cuda_graph_capture(compiled_gpu, monkeypatch):
+def test_no_timing_inside_a_cuda_graph_capture(tuner, monkeypatch):
     monkeypatch.setattr(tuning, "_capturing", lambda device: True)
     a, b = operands(64, 1000, 100)
     calls = []
-    chosen = tuning.choose(a, b, "relu mask=0", "ieee", interpreted=False, time_ms=fake_clock({}, calls))
-    assert calls == [] and chosen == tuning.heuristic(64, 100, 1000, torch.float32, SMS)
-    assert not compiled_gpu.exists()
+    assert choose(a, b, "ieee", tuner, calls) == tuning.heuristic(64, 100, 1000, torch.float32, SMS)
+    assert calls == [] and not tuner.path.exists()
 
 
-def test_failing_candidates_are_skipped_and_all_failing_is_an_error(compiled_gpu):
+def test_failing_candidates_are_skipped_and_all_failing_is_an_error(tuner):
     configs = tuning.candidates(4096, 4096, 4096, torch.bfloat16, None, SMS)
 
     def time_ms(config):
-        if config["BLOCK_N"] == 256:
+        if config.BLOCK_N == 256:
             raise RuntimeError("out of resources: shared memory")
-        return config["BLOCK_M"] / config["num_stages"]
+        return config.BLOCK_M / config.num_stages
 
-    best = tuning.TUNER.tune("k", configs, time_ms)
-    assert best["BLOCK_N"] != 256 and best == min(
-        (c for c in configs if c["BLOCK_N"] != 256), key=lambda c: c["BLOCK_M"] / c["num_stages"])
-    entry = tuning.TUNER.entries()["k"]
-    assert all(("out of resources" in timed[2]) == (timed[0]["BLOCK_N"] == 256) if len(timed) == 3 else
-               timed[0]["BLOCK_N"] != 256 for timed in entry["timed"])
+    best = tuner.tune("k", configs, time_ms)
+    assert best.BLOCK_N != 256 and best == min((c for c in configs if c.BLOCK_N != 256), key=time_ms)
+    timed = tuner.entries()["k"]["timed"]
+    assert all(("out of resources" in row[2]) == (row[0]["BLOCK_N"] == 256) if len(row) == 3 else
+               row[0]["BLOCK_N"] != 256 for row in timed)
     with pytest.raises(RuntimeError, match="no candidate.*ZeroDivisionError"):
-        tuning.TUNER.tune("k2", configs, lambda config: 1 / 0)
+        tuner.tune("k2", configs, lambda config: 1 / 0)
 
 
-def test_cached_configs_of_another_schema_are_retuned(compiled_gpu):
+@pytest.mark.parametrize("cached", [{"BLOCK_M": 16, "OLD_KNOB": 1}, {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 3}, "x"])
+def test_cached_configs_that_are_not_valid_now_are_retuned(tuner, cached):
+    """A cached entry with an unknown field (another schema) or a value GemmConfig refuses is
+    never launched: the bucket is tuned again."""
     a, b = operands(64, 1000, 100)
-    key = tuning.key(a, b, "relu mask=0", "ieee")
+    key = tuning.key(a, b, RELU, "ieee")
     assert key.startswith(tuning.SCHEMA + "|")
-    compiled_gpu.write_text(json.dumps({key: {"config": {"BLOCK_M": 16, "OLD_KNOB": 1}}}))
+    tuner.path.write_text(json.dumps({key: {"config": cached}}))
     calls = []
-    fastest = tuning.candidates(64, 100, 1000, torch.float32, "ieee", SMS, tma=True)[1]
-    assert tuning.choose(a, b, "relu mask=0", "ieee", interpreted=False,
-                         time_ms=fake_clock(fastest, calls)) == fastest
-    assert calls  # the unknown knob was not launched: the bucket was tuned again
+    fastest = tuning.candidates(64, 100, 1000, torch.float32, "ieee", SMS)[1]
+    assert choose(a, b, "ieee", tuner, calls, fastest) == fastest
+    assert calls
 
 
-def test_off_by_default_and_a_corrupt_cache_is_ignored(compiled_gpu, monkeypatch):
-    tuning.set_autotune(None)
-    monkeypatch.delenv(tuning.ENV_VAR, raising=False)
-    assert not tuning.autotune_enabled()
-    monkeypatch.setenv(tuning.ENV_VAR, "1")
-    assert tuning.autotune_enabled()
-    compiled_gpu.write_text("{not json")
-    assert tuning.Tuner().lookup("anything") is None
+def test_no_tuner_or_the_interpreter_means_no_timing(tuner):
     a, b = operands(64, 1000, 100)
-    assert tuning.choose(a, b, "relu mask=0", "ieee", interpreted=True) == tuning.INTERPRETER_CONFIG
+    calls = []
+    assert choose(a, b, "ieee", None, calls) == tuning.heuristic(64, 100, 1000, torch.float32, SMS)
+    assert tuning.choose(a, b, RELU, "ieee", interpreted=True, tuner=tuner, run=fake_clock(None, calls)) \
+        == tuning.INTERPRETER_CONFIG
+    assert calls == []
+    tuner.path.write_text("{not json")
+    assert tuning.Tuner(tuner.path).lookup("anything") is None
