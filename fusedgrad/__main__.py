@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--device", type=_device, default=defaults.device,
                         help="auto (CUDA when available), cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", choices=list(DTYPES), default=defaults.dtype,
+    parser.add_argument("--dtype", choices=sorted(DTYPES, key=lambda name: name != defaults.dtype),  # default first
+                        default=defaults.dtype,
                         help="float16 overflows at the tutorial's scale (losses ~1e7)")
     parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
                         help="auto: Triton on CUDA, ATen on CPU; triton on CPU runs Triton's interpreter")

@@ -47,6 +47,12 @@ def test_cli_prints_tutorial_lines_and_summary(capsys):
     assert len(lines) == 4
 
 
+def test_cli_help_lists_the_dtypes_default_first(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--dtype {float32,float16,bfloat16,float64}" in capsys.readouterr().out
+
+
 def test_cli_reference_mode(capsys):
     assert main(["--device", "cpu", "--steps", "1", "--reference", "--batch", "8", "--d-in", "16"]) == 0
     out = capsys.readouterr().out
