@@ -30,7 +30,9 @@ def matmul_reference(
     a_relu_mask: torch.Tensor | None = None,
     b_relu_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """ATen twin of `fusedgrad.kernels.matmul`: same arguments (but `config`), same semantics."""
+    """ATen twin of `fusedgrad.kernels.matmul`, kept on purpose: same arguments (but the
+    launch options `config`, `fp32_precision`, `tuner`), same semantics; the CPU path and the
+    test oracle of the Triton launcher."""
     if a_relu_mask is not None:
         a = a.masked_fill(a_relu_mask <= 0, 0)  # torch's threshold_backward: NaN passes
     if b_relu_mask is not None:

@@ -4,8 +4,8 @@
 
 `lr` is a float or a 0-d tensor on the parameters' device (so a captured CUDA graph can read a
 new value each replay). `zero_grad` does what torch.optim.Optimizer's does (set_to_none=True by
-default) without its profiler and compiler wrappers: about 7 µs of host time a step on the CI
-machine, a cost that counts where the step is host-bound.
+default) without its profiler and compiler wrappers, whose host time counts where the step is
+host-bound.
 Elsewhere (CPU, float64, the "aten" backend) the step is `torch._foreach_add_`, what
 `torch.optim.SGD` itself runs.
 """

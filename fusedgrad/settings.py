@@ -31,12 +31,12 @@ from typing import Callable, Generic, Iterator, TypeVar
 
 import torch
 
-from .kernels.precision import FP32_PRECISIONS as KERNEL_FP32_PRECISIONS
+from .kernels.precision import DOT_PRECISIONS
 
 Value = TypeVar("Value")
 
 BACKENDS = ("auto", "triton", "aten")
-FP32_PRECISIONS = ("torch", *KERNEL_FP32_PRECISIONS)
+FP32_PRECISIONS = ("torch", *DOT_PRECISIONS)  # "torch": follow torch's own setting
 
 
 class Setting(Generic[Value]):

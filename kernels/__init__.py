@@ -9,7 +9,7 @@ the precision names without triton.
 import importlib
 
 from .config import GemmConfig, Variant
-from .precision import DTYPES, FP32_PRECISIONS, KERNEL_DTYPES, PRECISIONS
+from .precision import DTYPES, DOT_PRECISIONS, KERNEL_DTYPES, PRECISIONS
 
 # Public name -> the submodule (which imports triton) that defines it.
 _LAUNCHERS = {"INTERPRETED": "gemm", "matmul": "gemm", "mse_loss_and_grad": "mse_loss", "sgd_step": "sgd",
@@ -25,5 +25,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DTYPES", "FP32_PRECISIONS", "GemmConfig", "INTERPRETED", "KERNEL_DTYPES", "PRECISIONS", "Variant",
+__all__ = ["DTYPES", "DOT_PRECISIONS", "GemmConfig", "INTERPRETED", "KERNEL_DTYPES", "PRECISIONS", "Variant",
            "matmul", "mse_loss_and_grad", "sgd_step", "two_layer_sgd_step"]

@@ -391,7 +391,7 @@ def launch(
     c: (M, N) output, None for the "sgd" epilogue (it writes `aux`). With `reduce`, program 0
     also writes reduce_scale * sum(reduce) to reduce_out. `config` fixes the tiles; without it
     `tuning.choose` picks them: the heuristic's, or with a `tuner` the autotuned ones.
-    `fp32_precision` is one of `precision.FP32_PRECISIONS` (float32 inputs only).
+    `fp32_precision` is one of `precision.DOT_PRECISIONS` (float32 inputs only).
     """
     M, K = a.shape
     N = b.shape[1]

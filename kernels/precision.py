@@ -21,7 +21,8 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 # What the Triton kernels take.
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-FP32_PRECISIONS = ("ieee", "tf32", "tf32x3")
+# How a float32 product multiplies (tl.dot's input_precision names; the kernels' fp32_precision).
+DOT_PRECISIONS = ("ieee", "tf32", "tf32x3")
 # Product precision name -> (input dtype, fp32 precision; None for 16-bit inputs).
 PRECISIONS = {
     "ieee": (torch.float32, "ieee"),
@@ -33,9 +34,9 @@ PRECISIONS = {
 
 
 def check_fp32_precision(name: object, where: str) -> str:
-    """`name` if it is one of FP32_PRECISIONS, else a ValueError naming `where`."""
-    if name not in FP32_PRECISIONS:
-        raise ValueError(f"{where}: fp32 precision {name!r} is not one of {', '.join(FP32_PRECISIONS)}")
+    """`name` if it is one of DOT_PRECISIONS, else a ValueError naming `where`."""
+    if name not in DOT_PRECISIONS:
+        raise ValueError(f"{where}: fp32 precision {name!r} is not one of {', '.join(DOT_PRECISIONS)}")
     return name  # type: ignore[return-value]
 
 

@@ -107,8 +107,8 @@ def device_index(device: torch.device) -> int:
 
 
 def tma_suits(a: torch.Tensor, b: torch.Tensor, input_precision: str | None) -> bool:
-    """Whether TMA candidates are worth timing for `a @ b` (sm_90 TTGIR and cubins, Triton 3.6
-    and 3.9). 16-bit wgmma reads either layout from shared memory: yes. tf32 wgmma reads both
+    """Whether TMA candidates are worth timing for `a @ b` (read off sm_90 TTGIR and cubins:
+    bench/NOTES.md v5). 16-bit wgmma reads either layout from shared memory: yes. tf32 wgmma reads both
     operands K-major, and a TMA block lands in its storage layout, so only A row-major with B
     column-major keeps wgmma in flight; any other layout adds a register round trip and a wait
     every K step. IEEE fp32 dots run on the FMA units, where TMA saves nothing and its tiles
@@ -119,8 +119,8 @@ def tma_suits(a: torch.Tensor, b: torch.Tensor, input_precision: str | None) -> 
 
 
 def cdiv(a: int, b: int) -> int:
-    """ceil(a / b) for host code: plain integers (`triton.cdiv` is a constexpr function that
-    costs about 1.5 µs a call, which the launch path would pay a dozen times)."""
+    """ceil(a / b) for host code on plain integers: `triton.cdiv` is a constexpr function, many
+    times as slow, and the launch path calls this a dozen times (bench/NOTES.md v4e)."""
     return -(-a // b)
 
 

@@ -22,6 +22,12 @@ def backend_cases(with_dtypes=False):
     return [pytest.param(backend, id=backend) for backend in BACKENDS]
 
 
+def leaves(device, M, K, N, needs=(True, True)):
+    """Fresh float32 a (M, K) and b (K, N), requiring grad as `needs` says."""
+    return (make_operand(M, K, torch.float32, device).requires_grad_(needs[0]),
+            make_operand(K, N, torch.float32, device).requires_grad_(needs[1]))
+
+
 def run(backend, op, a, b, grad_out=None):
     """Forward and backward of `op` on `backend`, on leaf copies of a and b."""
     a, b = a.detach().requires_grad_(), b.detach().requires_grad_()
@@ -73,9 +79,7 @@ def test_any_strides(backend, layout_a, layout_b):
 @pytest.mark.parametrize("backend", backend_cases())
 def test_expanded_gradient_from_sum(backend):
     """`out.sum().backward()` hands backward a stride-0 gradient; the kernel reads it in place."""
-    device = BACKENDS[backend]
-    a = make_operand(20, 30, torch.float32, device).requires_grad_()
-    b = make_operand(30, 40, torch.float32, device).requires_grad_()
+    a, b = leaves(BACKENDS[backend], 20, 30, 40)
     with fusedgrad.backend(backend):
         fusedgrad.mm_relu(a, b).sum().backward()
     _, ref_a, ref_b = relu_matmul_float64(a, b, torch.ones(20, 40))
@@ -132,9 +136,7 @@ def test_empty_dimensions(backend, shape, op):
 
 @pytest.mark.parametrize("backend", backend_cases())
 def test_gradients_accumulate(backend):
-    device = BACKENDS[backend]
-    a = make_operand(9, 19, torch.float32, device).requires_grad_()
-    b = make_operand(19, 11, torch.float32, device).requires_grad_()
+    a, b = leaves(BACKENDS[backend], 9, 19, 11)
     with fusedgrad.backend(backend):
         fusedgrad.mm_relu(a, b).sum().backward()
         first = a.grad.clone(), b.grad.clone()
@@ -148,9 +150,7 @@ def test_gradients_accumulate(backend):
 def test_saves_only_what_backward_needs(backend, needs):
     """Like torch.mm: b is saved for grad_a, a for grad_b, and the output for the ReLU mask, so a
     frozen weight keeps no activation alive."""
-    device = BACKENDS[backend]
-    a = make_operand(8, 16, torch.float32, device).requires_grad_(needs[0])
-    b = make_operand(16, 12, torch.float32, device).requires_grad_(needs[1])
+    a, b = leaves(BACKENDS[backend], 8, 16, 12, needs)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         with fusedgrad.backend(backend):
@@ -198,9 +198,7 @@ def kernel_calls(monkeypatch):
 
 
 def triton_leaves(needs=(True, True)):
-    device = BACKENDS["triton"]
-    return (make_operand(8, 16, torch.float32, device).requires_grad_(needs[0]),
-            make_operand(16, 12, torch.float32, device).requires_grad_(needs[1]))
+    return leaves(BACKENDS["triton"], 8, 16, 12, needs)
 
 
 @pytest.mark.parametrize("needs", [(True, False), (False, True), (True, True)], ids=str)
