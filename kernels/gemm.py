@@ -42,7 +42,8 @@ The ATen reference of the plain GEMM (CPU fallback and test oracle) is
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from typing import Callable, NamedTuple
 
 import torch
 import triton
@@ -367,6 +368,11 @@ def _enqueue(args: GemmArgs, config: GemmConfig) -> None:
     )
 
 
+def _on_scratch(args: GemmArgs, config: GemmConfig) -> Callable[[], None]:
+    """A launch of `config` on fresh outputs, allocated once: what the autotuner times."""
+    return functools.partial(_enqueue, args.on_scratch(), config)
+
+
 def launch(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -401,7 +407,7 @@ def launch(
                     reduce_scale, dot_precision(a.dtype, fp32_precision))
     if config is None:
         config = tuning.choose(a, b, Variant(epilogue, mask_operand), args.input_precision, interpreted=INTERPRETED,
-                               tuner=tuner, run=lambda config: _enqueue(args.on_scratch(), config),
+                               tuner=tuner, prepare=functools.partial(_on_scratch, args),
                                tma_ready=args.tma_ready)
     else:
         config = GemmConfig.of(config)

@@ -276,11 +276,13 @@ def default(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device, *,
 
 
 def choose(a: torch.Tensor, b: torch.Tensor, variant: Variant, input_precision: str | None, *,
-           interpreted: bool, tuner: Tuner | None = None, run: Callable[[GemmConfig], None] | None = None,
+           interpreted: bool, tuner: Tuner | None = None,
+           prepare: Callable[[GemmConfig], Callable[[], None]] | None = None,
            tma_ready: Callable[[], bool] | None = None) -> GemmConfig:
     """The configuration for `a @ b` in kernel `variant`: the interpreter's, the heuristic's,
     or, with a `tuner`, a tuned one (timed now if the bucket is new, unless a CUDA graph is
-    being captured: `run(config)` launches `config` on scratch outputs). `tma_ready()` says
+    being captured: `prepare(config)` allocates scratch outputs and returns a callable that
+    launches `config` on them, which `time_ms` times). `tma_ready()` says
     whether TMA descriptors can describe the operands: such launches are tuned under their own
     key, with TMA candidates on Hopper where `tma_suits` says they can pay."""
     (M, K), N = a.shape, b.shape[1]
@@ -290,11 +292,11 @@ def choose(a: torch.Tensor, b: torch.Tensor, variant: Variant, input_precision: 
         config = tuner.lookup(tuned_key)
         if config is not None:
             return config
-        if run is not None and not _capturing(a.device):
+        if prepare is not None and not _capturing(a.device):
             if a.is_cuda:
                 torch.cuda.synchronize(a.device)  # time on an idle GPU, after the inputs are written
             index = device_index(a.device)
             with_tma = tma and has_tma(index) and tma_suits(a, b, input_precision)
             configs = candidates(M, N, K, a.dtype, input_precision, multiprocessors(index), with_tma)
-            return tuner.tune(tuned_key, configs, lambda config: time_ms(lambda: run(config)))
+            return tuner.tune(tuned_key, configs, lambda config: time_ms(prepare(config)))
     return default(M, N, K, a.dtype, a.device, interpreted=interpreted)

@@ -22,22 +22,22 @@ def tuner(monkeypatch, tmp_path):
     monkeypatch.setattr(tuning, "multiprocessors", lambda index: SMS)
     monkeypatch.setattr(tuning, "device_index", lambda device: 0)
     monkeypatch.setattr(tuning, "has_tma", lambda index: True)
-    monkeypatch.setattr(tuning, "time_ms", lambda run: run())
+    monkeypatch.setattr(tuning, "time_ms", lambda launch: launch())
     return tuning.Tuner(tmp_path / "autotune.json")
 
 
 def fake_clock(fastest, calls: list):
-    """A `run` for `tuning.choose` whose timing (through the patched `time_ms`) is 1 ms for
-    `fastest` and more for every other config; records the configs timed."""
-    def run(config):
+    """A `prepare` for `tuning.choose` whose launches (timed by the patched `time_ms`) take
+    1 ms for `fastest` and more for every other config; records the configs timed."""
+    def prepare(config):
         calls.append(config)
-        return 1.0 if config == fastest else 2.0 + len(calls)
-    return run
+        return lambda: 1.0 if config == fastest else 2.0 + len(calls)
+    return prepare
 
 
 def choose(a, b, precision, tuner, calls, fastest=None, tma_ready=None, variant=RELU):
-    return tuning.choose(a, b, variant, precision, interpreted=False, tuner=tuner, run=fake_clock(fastest, calls),
-                         tma_ready=tma_ready)
+    return tuning.choose(a, b, variant, precision, interpreted=False, tuner=tuner,
+                         prepare=fake_clock(fastest, calls), tma_ready=tma_ready)
 
 
 def operands(M, K, N, dtype=torch.float32):
@@ -173,7 +173,7 @@ def test_no_tuner_or_the_interpreter_means_no_timing(tuner):
     a, b = operands(64, 1000, 100)
     calls = []
     assert choose(a, b, "ieee", None, calls) == tuning.heuristic(64, 100, 1000, torch.float32, SMS)
-    assert tuning.choose(a, b, RELU, "ieee", interpreted=True, tuner=tuner, run=fake_clock(None, calls)) \
+    assert tuning.choose(a, b, RELU, "ieee", interpreted=True, tuner=tuner, prepare=fake_clock(None, calls)) \
         == tuning.INTERPRETER_CONFIG
     assert calls == []
     tuner.path.write_text("{not json")
