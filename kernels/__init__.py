@@ -21,7 +21,9 @@ def __getattr__(name: str):
     if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     if name in _LAUNCHERS:
-        return getattr(importlib.import_module(f".{_LAUNCHERS[name]}", __name__), name)
+        value = getattr(importlib.import_module(f".{_LAUNCHERS[name]}", __name__), name)
+        globals()[name] = value  # once loaded, a plain attribute: launches are host-bound
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
