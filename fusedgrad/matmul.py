@@ -47,8 +47,9 @@ class TritonMatmulFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: torch.Tensor, b: torch.Tensor, relu: bool) -> torch.Tensor:
         # Backward runs at the forward's settings, wherever `backward()` is called.
+        kernels = dispatch.load_kernels()  # first: a missing triton gets its clear error
         ctx.launch = dict(fp32_precision=settings.kernel_fp32_precision(), tuner=settings.tuner())
-        out = dispatch.load_kernels().matmul(a, b, relu=relu, **ctx.launch)
+        out = kernels.matmul(a, b, relu=relu, **ctx.launch)
         # As torch.mm does: grad_a needs b, grad_b needs a, so a frozen b keeps no activation
         # a alive. out doubles as the ReLU mask.
         needs_a, needs_b = ctx.needs_input_grad[:2]

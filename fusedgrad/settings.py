@@ -41,8 +41,8 @@ FP32_PRECISIONS = ("torch", *DOT_PRECISIONS)  # "torch": follow torch's own sett
 
 class Setting(Generic[Value]):
     """A named choice: the innermost `block(value)` in this context, else the environment
-    variable `env_var` (read at each call, parsed by `parse`), else `default()`. `parse` turns
-    text into a value or raises ValueError with the reason."""
+    variable `env_var` (read at each call), else `default()`. `parse` turns the variable's text,
+    or a value given to `block`, into the setting's value, or raises ValueError with the reason."""
 
     def __init__(self, api: str, env_var: str, parse: Callable[[str], Value], default: Callable[[], Value]):
         self.api, self.env_var, self.parse, self.default = api, env_var, parse, default
@@ -61,9 +61,9 @@ class Setting(Generic[Value]):
             raise ValueError(f"environment variable {self.env_var}: {error}") from None
 
     @contextlib.contextmanager
-    def block(self, value: Value) -> Iterator[Value]:
+    def block(self, value: object) -> Iterator[Value]:
         try:
-            value = self.parse(value) if isinstance(value, str) else value
+            value = self.parse(value)
         except ValueError as error:
             raise ValueError(f"{self.api}: {error}") from None
         token = self.override.set(value)
@@ -73,8 +73,10 @@ class Setting(Generic[Value]):
             self.override.reset(token)
 
 
-def _choice(what: str, choices: tuple[str, ...]) -> Callable[[str], str]:
-    def parse(text: str) -> str:
+def _choice(what: str, choices: tuple[str, ...]) -> Callable[[object], str]:
+    def parse(text: object) -> str:
+        if not isinstance(text, str):
+            raise ValueError(f"{what} must be a name, one of {', '.join(choices)}; got {text!r}")
         name = text.strip().lower()
         if name not in choices:
             raise ValueError(f"unknown {what} {text!r}; choose one of {', '.join(choices)}")
@@ -82,7 +84,11 @@ def _choice(what: str, choices: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
-def _switch(text: str) -> bool:
+def _switch(text: object) -> bool:
+    if isinstance(text, bool):
+        return text
+    if not isinstance(text, str):
+        raise ValueError(f"expected a bool, got {text!r}")
     words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
     if text.strip().lower() not in words:
         raise ValueError(f"{text!r} is not one of {', '.join(words)}")
@@ -98,7 +104,13 @@ _BACKEND = Setting("fusedgrad.backend", "FUSEDGRAD_BACKEND", _choice("backend", 
 _FP32_PRECISION = Setting("fusedgrad.fp32_precision", "FUSEDGRAD_FP32_PRECISION",
                           _choice("fp32 precision", FP32_PRECISIONS), lambda: "torch")
 _AUTOTUNE = Setting("fusedgrad.autotune", "FUSEDGRAD_AUTOTUNE", _switch, lambda: False)
-_CACHE_DIR = Setting("fusedgrad.cache_dir", "FUSEDGRAD_CACHE_DIR", pathlib.Path, _default_cache_dir)
+def _folder(path: object) -> pathlib.Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"expected a path, got {path!r}")
+    return pathlib.Path(path)
+
+
+_CACHE_DIR = Setting("fusedgrad.cache_dir", "FUSEDGRAD_CACHE_DIR", _folder, _default_cache_dir)
 
 
 def backend(name: str) -> contextlib.AbstractContextManager[str]:
@@ -136,7 +148,7 @@ def autotune_enabled() -> bool:
 
 def cache_dir(path: str | os.PathLike) -> contextlib.AbstractContextManager[pathlib.Path]:
     """Keep the autotuner's results in folder `path` inside the block."""
-    return _CACHE_DIR.block(pathlib.Path(path))
+    return _CACHE_DIR.block(path)
 
 
 def current_cache_dir() -> pathlib.Path:

@@ -70,6 +70,9 @@ class CUDAGraphStep:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
                  lr: float | torch.Tensor):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"CUDAGraphStep: x must be a torch.Tensor, got {type(x).__name__}")
+        check_lr(lr, "CUDAGraphStep", x.device)  # before a float becomes a tensor the rule cannot read
         if not x.is_cuda:
             raise ValueError(f"CUDAGraphStep needs CUDA tensors, got x on {x.device}")
         self.x, self.y = x.detach().clone(), y.detach().clone()

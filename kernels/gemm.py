@@ -399,6 +399,7 @@ def launch(
     `tuning.choose` picks them: the heuristic's, or with a `tuner` the autotuned ones.
     `fp32_precision` is one of `precision.DOT_PRECISIONS` (float32 inputs only).
     """
+    check_fp32_precision(fp32_precision, "launch")
     M, K = a.shape
     N = b.shape[1]
     if M == 0 or N == 0:

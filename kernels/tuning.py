@@ -203,6 +203,7 @@ class Tuner:
     def __init__(self, path: str | os.PathLike):
         self.path = pathlib.Path(path)
         self._table: dict[str, dict] | None = None
+        self._configs: dict[str, GemmConfig | None] = {}  # lookups, validated once: launches are host-bound
 
     def _read(self) -> dict[str, dict]:
         try:
@@ -218,13 +219,17 @@ class Tuner:
         return dict(self._table)
 
     def lookup(self, key: str) -> GemmConfig | None:
+        if key in self._configs:
+            return self._configs[key]
         if self._table is None:
             self._table = self._read()
         entry = self._table.get(key)
         try:
-            return GemmConfig.of(entry["config"])
+            config = GemmConfig.of(entry["config"])
         except (TypeError, KeyError, ValueError):  # missing, or written by something else: tune again
             return None
+        self._configs[key] = config
+        return config
 
     def tune(self, key: str, configs: list[GemmConfig], time_ms: Callable[[GemmConfig], float]) -> GemmConfig:
         """Time every config (a config that fails to compile or launch counts as infinitely
@@ -242,12 +247,13 @@ class Tuner:
             last = next((e for e in reversed(errors) if e is not None), None)
             raise RuntimeError(f"autotune: no candidate configuration ran for {key} "
                                f"(last error: {last!r})") from last
-        entry = {"config": configs[best].meta, "ms": times[best],
-                 "timed": [[config.meta, t] if e is None else [config.meta, t, repr(e)[:300]]
+        entry = {"config": dict(configs[best].meta), "ms": times[best],
+                 "timed": [[dict(config.meta), t] if e is None else [dict(config.meta), t, repr(e)[:300]]
                            for config, t, e in zip(configs, times, errors)]}
         if self._table is None:
             self._table = self._read()
         self._table[key] = entry
+        self._configs[key] = configs[best]
         self._save(key, entry)
         return configs[best]
 

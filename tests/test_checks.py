@@ -28,6 +28,8 @@ def test_one_lr_rule_for_the_optimizer_and_the_step(lr, error, message):
     with pytest.raises(error, match="train_step: " + message):
         fusedgrad.train_step(x, y, w1, w2, lr)
     assert torch.equal(w1, before[0]) and torch.equal(w2, before[1])
+    with pytest.raises(error, match="CUDAGraphStep: " + message):  # refused before it asks for CUDA
+        fusedgrad.CUDAGraphStep(x, y, w1, w2, lr)
     param = torch.zeros(3, requires_grad=True)
     if "on cpu" in message:  # SGD learns the parameters' device only when it steps
         param.grad = torch.ones(3)

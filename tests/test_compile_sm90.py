@@ -24,4 +24,5 @@ def test_kernels_compile_for_sm90(tmp_path):
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     compiled, checked = re.search(r"(\d+) of (\d+) kernel variants compiled for sm_90", result.stdout).groups()
-    assert compiled == checked and int(checked) > 0 and "FAIL" not in result.stdout
+    # No variant failed, and none went missing (the check covers at least the 95 it had).
+    assert compiled == checked and int(checked) >= 95 and "FAIL" not in result.stdout

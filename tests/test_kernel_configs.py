@@ -239,6 +239,8 @@ def test_fp32_precision_is_checked():
     a, b = torch.randn(4, 4, device=DEVICE), torch.randn(4, 4, device=DEVICE)
     with pytest.raises(ValueError, match="matmul: fp32 precision 'tf32x4' is not one of ieee, tf32, tf32x3"):
         gemm.matmul(a, b, fp32_precision="tf32x4")
+    with pytest.raises(ValueError, match="launch: fp32 precision None is not one of"):  # not Triton's default
+        gemm.launch(a, b, torch.empty(4, 4, device=DEVICE), fp32_precision=None)
 
 
 @pytest.mark.parametrize("layout_b", ["contiguous", "transposed"])

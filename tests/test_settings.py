@@ -34,12 +34,18 @@ def test_environment_variable_is_read_at_call_time(monkeypatch):
         fusedgrad.mm(torch.randn(2, 2), torch.randn(2, 2))
 
 
-def test_unknown_names_are_refused_by_the_block():
-    with pytest.raises(ValueError, match="fusedgrad.backend: unknown backend 'fast'"):
-        with fusedgrad.backend("fast"):
-            pass
-    with pytest.raises(ValueError, match="unknown fp32 precision 'bf16'; choose one of torch, ieee, tf32, tf32x3"):
-        with fusedgrad.fp32_precision("bf16"):
+@pytest.mark.parametrize("block, value, message", [
+    (fusedgrad.backend, "fast", "fusedgrad.backend: unknown backend 'fast'"),
+    (fusedgrad.backend, 123, "fusedgrad.backend: backend must be a name, one of auto, triton, aten; got 123"),
+    (fusedgrad.backend, None, "fusedgrad.backend: backend must be a name.*got None"),
+    (fusedgrad.backend, b"aten", "fusedgrad.backend: backend must be a name.*got b'aten'"),
+    (fusedgrad.fp32_precision, "bf16", "unknown fp32 precision 'bf16'; choose one of torch, ieee, tf32, tf32x3"),
+    (fusedgrad.fp32_precision, 1.5, "fusedgrad.fp32_precision: fp32 precision must be a name.*got 1.5"),
+    (fusedgrad.cache_dir, None, "fusedgrad.cache_dir: expected a path, got None"),
+])
+def test_bad_values_are_refused_by_the_block(block, value, message):
+    with pytest.raises(ValueError, match=message):
+        with block(value):
             pass
 
 

@@ -108,6 +108,8 @@ def test_autotune_times_once_per_bucket_and_writes_the_cache(tuner):
     assert choose(a, b, "ieee", tuner, calls, fastest, tma_ready=lambda: True) == fastest and calls == configs
     again = choose(*operands(60, 900, 90), "ieee", tuner, calls, fastest, tma_ready=lambda: True)
     assert again == fastest and calls == configs  # same bucket: nothing timed again
+    key = tuning.key(a, b, RELU._replace(tma=True), "ieee")
+    assert tuner.lookup(key) is tuner.lookup(key) is again  # validated once, not per launch
     entry = json.loads(tuner.path.read_text())[tuning.key(a, b, RELU._replace(tma=True), "ieee")]
     assert GemmConfig.of(entry["config"]) == fastest and entry["ms"] == 1.0 and len(entry["timed"]) == len(calls)
     # Operands TMA cannot describe: their own entry, and no TMA candidate timed.
