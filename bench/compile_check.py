@@ -161,14 +161,15 @@ def main(argv: list[str] | None = None) -> int:
         return types
 
     def gemm_constexprs(epilogue, mask_operand, precision, block_m, block_n, block_k, split_k=1,
-                        tma=False, a_t=False, b_t=False, persistent=False, gate_t=False):
+                        tma=False, a_t=False, b_t=False, persistent=False, gate_t=False, reduce=None):
         """The meta-parameters of a launch as fusedgrad makes it, and None for the pointers it
-        does not pass: the fused step's ReLU-mask GEMM folds the loss partials, its SGD GEMMs
-        read the rate from a tensor."""
+        does not pass: the fused step's ReLU-mask GEMM folds the loss partials (`reduce`, by
+        default for "relu_mask"), its SGD GEMMs read the rate from a tensor."""
+        reduce = epilogue == "relu_mask" if reduce is None else reduce
         present = {"c_ptr": epilogue != "sgd", "gate_ptr": mask_operand != gemm.NO_MASK,
                    "aux_ptr": epilogue in ("relu_mask", "squared_error", "sgd"),
                    "partials_ptr": epilogue == "squared_error",
-                   "reduce_ptr": epilogue == "relu_mask", "reduce_out_ptr": epilogue == "relu_mask",
+                   "reduce_ptr": reduce, "reduce_out_ptr": reduce,
                    "lr_ptr": epilogue == "sgd", "workspace_ptr": split_k > 1, "counter_ptr": split_k > 1}
         return dict({name: None for name, there in present.items() if not there},
                     MASK_OPERAND=mask_operand, EPILOGUE=epilogue, INPUT_PRECISION=precision,
@@ -203,6 +204,13 @@ def main(argv: list[str] | None = None) -> int:
             check(f"gemm {dtype}/{precision} {epilogue} mask={mask_operand} {block_m}x{block_n}",
                   gemm._matmul_kernel, gemm_constexprs(epilogue, mask_operand, precision, block_m, block_n, block_k),
                   types, wgmma)
+        # The autograd ops' gated product (the product masked by relu'(aux), no loss to fold),
+        # which their double backward launches.
+        for block in (16, 128):
+            check(f"gemm {dtype}/{precision} relu_mask mask=0 {block}x{block} autograd (no reduce)",
+                  gemm._matmul_kernel, gemm_constexprs("relu_mask", gemm.NO_MASK, precision, block, block, block_k,
+                                                       reduce=False),
+                  types, "wgmma" if dtype != "fp32" and block == 128 else None)
         # Split-K (partial tiles, an acq_rel tile counter, the epilogue in the last program).
         for epilogue, mask_operand in (("relu", gemm.NO_MASK), ("none", gemm.MASK_B), ("sgd", gemm.NO_MASK)):
             check(f"gemm {dtype}/{precision} {epilogue} mask={mask_operand} 16x16 split-K 4",

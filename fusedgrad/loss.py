@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from . import dispatch
 
@@ -19,19 +18,30 @@ REDUCTIONS = ("sum", "mean")
 
 
 class TritonMSELossFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input: torch.Tensor, target: torch.Tensor, mean: bool) -> torch.Tensor:
-        loss, grad = dispatch.load_kernels().mse_loss_and_grad(input, target, mean)
-        ctx.save_for_backward(grad)
-        return loss
+    """(loss, grad) with grad = d loss / d input = scale (input - target), scale = 2 or 2/n.
+
+    `mse_loss` hands out only the loss; grad is an output too so that backward, which returns
+    grad_loss * grad, stays differentiable: under create_graph that product is recorded through
+    grad, whose own gradient is scale times the identity. So second derivatives through the
+    loss are exact, at no cost to a first-order backward (grad is saved either way)."""
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_loss: torch.Tensor):
+    def forward(ctx, input: torch.Tensor, target: torch.Tensor, mean: bool):
+        loss, grad = dispatch.load_kernels().mse_loss_and_grad(input, target, mean)
+        ctx.scale = 2.0 / input.numel() if mean and input.numel() else 2.0
+        ctx.set_materialize_grads(False)  # grad's own gradient is None in a first-order backward
+        ctx.save_for_backward(grad)
+        return loss, grad
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor | None, grad_of_grad: torch.Tensor | None):
         (grad,) = ctx.saved_tensors
-        grad_input = grad * grad_loss
-        grad_target = -grad_input if ctx.needs_input_grad[1] else None
-        return (grad_input if ctx.needs_input_grad[0] else None), grad_target, None
+        total = None if grad_loss is None else grad * grad_loss
+        if grad_of_grad is not None:
+            total = ctx.scale * grad_of_grad if total is None else total + ctx.scale * grad_of_grad
+        grad_input = total if ctx.needs_input_grad[0] else None
+        grad_target = -total if ctx.needs_input_grad[1] and total is not None else None
+        return grad_input, grad_target, None
 
 
 def mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
@@ -51,5 +61,5 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "sum") 
     if input.device != target.device:
         raise ValueError(f"mse_loss: devices differ: input on {input.device}, target on {target.device}")
     if dispatch.resolve(input) == "triton":
-        return TritonMSELossFunction.apply(input, target, reduction == "mean")
+        return TritonMSELossFunction.apply(input, target, reduction == "mean")[0]
     return F.mse_loss(input, target, reduction=reduction)

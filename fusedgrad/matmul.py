@@ -6,7 +6,9 @@
 
 On the Triton backend, forward saves out (never the pre-activation), and a and b where
 backward needs them (b for grad_a, a for grad_b, as torch.mm), and backward applies
-relu'(out) inside the two backward GEMMs as they load grad_out. `matmul_reference` is the same
+relu'(out) inside the two backward GEMMs as they load grad_out. Those GEMMs are the same
+Function again (`_BACKWARD`), so backward is differentiable: double backward, gradient
+penalties and Hessians are exact, not zero. `matmul_reference` is the same
 computation in ATen: the test oracle, and the ATen backend itself. There it runs under torch's
 own autograd (mm, then an in-place relu that saves only its output: the same tensors saved),
 because a Python autograd.Function would only add overhead around the same ATen calls.
@@ -16,7 +18,6 @@ Backend "auto" takes that path where ATen computes the same product (`dispatch.r
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import dispatch, settings
 from .checks import check_operands
@@ -41,38 +42,67 @@ def matmul_reference(
     return out.relu_() if relu else out
 
 
+# The Triton products backward needs, by what the forward's relu' mask gated: for each side,
+# (what grad_a's product gates and with which mask, what grad_b's gates and with which mask).
+# With M the mask and G the upstream gradient:
+#     out = M * (a @ b)    grad_a = (M * G) @ b.T       grad_b = a.T @ (M * G)
+#     out = (M * a) @ b    grad_a = M * (G @ b.T)       grad_b = (M.T * a.T) @ G
+#     out = a @ (M * b)    grad_a = G @ (M.T * b.T)     grad_b = M * (a.T @ G)
+# (relu(a @ b) is the first, with M = out.) The family is closed under differentiation, so
+# backward written in its own products is differentiable again, to any order; relu' is
+# piecewise constant, so the mask itself gets no gradient, as in torch's threshold_backward.
+_BACKWARD = {
+    None: ((None, False), (None, False)),
+    "out": (("a", False), ("b", False)),
+    "a": (("out", False), ("a", True)),
+    "b": (("b", True), ("out", False)),
+}
+_MASK_ARGUMENT = {"a": "a_relu_mask", "b": "b_relu_mask", "out": "out_relu_mask"}
+
+
+def _triton_product(a, b, relu: bool, mask, side: str | None, launch: dict) -> torch.Tensor:
+    gating = {} if side is None else {_MASK_ARGUMENT[side]: mask}
+    return dispatch.load_kernels().matmul(a, b, relu=relu, **gating, **launch)
+
+
 class TritonMatmulFunction(torch.autograd.Function):
-    """relu(a @ b) or a @ b with Triton kernels for forward and backward."""
+    """relu(a @ b), a @ b, or a @ b with one of a, b and the product gated by relu'(mask)
+    (`side` "a", "b" or "out"), in Triton kernels forward and backward, at the `launch`
+    settings (fp32 precision, tuner) of the first forward, wherever backward runs."""
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor, relu: bool) -> torch.Tensor:
-        # Backward runs at the forward's settings, wherever `backward()` is called.
-        kernels = dispatch.load_kernels()  # first: a missing triton gets its clear error
-        ctx.launch = dict(fp32_precision=settings.kernel_fp32_precision(), tuner=settings.tuner())
-        out = kernels.matmul(a, b, relu=relu, **ctx.launch)
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, relu: bool, mask: torch.Tensor | None,
+                side: str | None, launch: dict) -> torch.Tensor:
+        out = _triton_product(a, b, relu, mask, side, launch)
+        ctx.side, ctx.launch = ("out" if relu else side), launch
         # As torch.mm does: grad_a needs b, grad_b needs a, so a frozen b keeps no activation
-        # a alive. out doubles as the ReLU mask.
+        # a alive. relu's output doubles as its mask.
         needs_a, needs_b = ctx.needs_input_grad[:2]
-        ctx.save_for_backward(a if needs_b else None, b if needs_a else None, out if relu else None)
+        ctx.save_for_backward(a if needs_b else None, b if needs_a else None,
+                              (out if relu else mask) if needs_a or needs_b else None)
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
-        a, b, out = ctx.saved_tensors
-        matmul = dispatch.load_kernels().matmul
+        a, b, mask = ctx.saved_tensors
+        # Under create_graph the products are recorded (this Function again); otherwise they
+        # are plain launches, with no autograd bookkeeping around them.
+        product = TritonMatmulFunction.apply if torch.is_grad_enabled() else _triton_product
+        (side_a, transposed_a), (side_b, transposed_b) = _BACKWARD[ctx.side]
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_a = matmul(grad_out, b.T, a_relu_mask=out, **ctx.launch)
+            grad_a = product(grad_out, b.T, False, mask.T if transposed_a else mask, side_a, ctx.launch)
         if ctx.needs_input_grad[1]:
-            grad_b = matmul(a.T, grad_out, b_relu_mask=out, **ctx.launch)
-        return grad_a, grad_b, None
+            grad_b = product(a.T, grad_out, False, mask.T if transposed_b else mask, side_b, ctx.launch)
+        return grad_a, grad_b, None, None, None, None
 
 
 def _matmul(op: str, a: torch.Tensor, b: torch.Tensor, relu: bool) -> torch.Tensor:
     check_operands(op, a, b)
     if dispatch.resolve(a, gemm=True) == "triton":
-        return TritonMatmulFunction.apply(a, b, relu)
+        dispatch.load_kernels()  # first: a missing triton gets its clear error
+        launch = dict(fp32_precision=settings.kernel_fp32_precision(), tuner=settings.tuner())
+        return TritonMatmulFunction.apply(a, b, relu, None, None, launch)
     return matmul_reference(a, b, relu=relu)
 
 

@@ -422,14 +422,18 @@ def matmul(
     relu: bool = False,
     a_relu_mask: torch.Tensor | None = None,
     b_relu_mask: torch.Tensor | None = None,
+    out_relu_mask: torch.Tensor | None = None,
     config: GemmConfig | dict | None = None,
     fp32_precision: str = "ieee",
     tuner: tuning.Tuner | None = None,
 ) -> torch.Tensor:
-    """`(a * relu'(a_relu_mask)) @ (b * relu'(b_relu_mask))`, then `relu` if asked.
+    """`a @ b` with at most one of: `relu` applied to the product, or one of a, b and the
+    product multiplied by relu'(mask) elementwise (`a_relu_mask`, `b_relu_mask`,
+    `out_relu_mask`), where relu'(mask) is 0 where mask <= 0 and 1 elsewhere.
 
-    a: (M, K), b: (K, N), any strides; a mask, when given, is a ReLU output shaped like the
-    operand it gates. Returns a new contiguous (M, N) tensor of a's dtype. `config` (a
+    a: (M, K), b: (K, N), any strides; a mask, when given, is a ReLU output shaped like what it
+    gates. This family is closed under differentiation (the gradients of each member are
+    members), which is what makes fusedgrad's ops twice differentiable. Returns a new contiguous (M, N) tensor of a's dtype. `config` (a
     `GemmConfig` or a dict of its fields) overrides the tile choice of the product launched:
     with `b_relu_mask` that is the transpose, an (N, M) product with the gated operand as A.
     `fp32_precision` ("ieee", "tf32", "tf32x3") is how float32 inputs multiply; `tuner`
@@ -443,8 +447,11 @@ def matmul(
                          f"b {tuple(b.shape)} {b.dtype} on {b.device}")
     if a.dtype not in KERNEL_DTYPES:
         raise TypeError(f"matmul: Triton kernels take {KERNEL_DTYPES}, got {a.dtype}")
-    if a_relu_mask is not None and b_relu_mask is not None:
-        raise ValueError("matmul: mask one operand at most")
+    if sum(t is not None for t in (a_relu_mask, b_relu_mask, out_relu_mask)) + bool(relu) > 1:
+        raise ValueError("matmul: at most one of relu, a_relu_mask, b_relu_mask, out_relu_mask")
+    if out_relu_mask is not None and (out_relu_mask.shape != (M, N) or out_relu_mask.device != a.device):
+        raise ValueError(f"matmul: out_relu_mask {tuple(out_relu_mask.shape)} on {out_relu_mask.device} does "
+                         f"not match the product {(M, N)} on {a.device}")
     check_fp32_precision(fp32_precision, "matmul")
     if config is not None:
         config = GemmConfig.of(config)
@@ -459,7 +466,8 @@ def matmul(
     # allocate
     c = torch.empty((M, N), dtype=a.dtype, device=a.device)
     # launch
-    settings = dict(epilogue="relu" if relu else "none", config=config, fp32_precision=fp32_precision, tuner=tuner)
+    epilogue = "relu" if relu else "relu_mask" if out_relu_mask is not None else "none"
+    settings = dict(epilogue=epilogue, aux=out_relu_mask, config=config, fp32_precision=fp32_precision, tuner=tuner)
     if mask_operand == MASK_B:
         # c.T = (b.T * relu'(gate.T)) @ a.T: the same product, with the gated operand as A. A
         # gated B is zeroed in registers and must go back to shared memory every K step (Hopper's

@@ -262,3 +262,15 @@ def test_tma_loads_every_layout_and_fall_back_when_unaligned(layout_a, layout_b,
     assert gemm.tma_layout(unaligned) is None
     assert_close(gemm.matmul(a, unaligned, relu=True, config=config), float64_product(a, unaligned).relu(), "float32")
     assert len(described) == 3
+
+
+def test_one_gate_at_most_and_the_out_mask_shape_is_checked():
+    a, b = torch.randn(6, 5, device=DEVICE), torch.randn(5, 4, device=DEVICE)
+    with pytest.raises(ValueError, match="at most one of relu, a_relu_mask, b_relu_mask, out_relu_mask"):
+        gemm.matmul(a, b, relu=True, out_relu_mask=torch.randn(6, 4, device=DEVICE))
+    with pytest.raises(ValueError, match="at most one of"):
+        gemm.matmul(a, b, a_relu_mask=torch.randn(6, 5, device=DEVICE), b_relu_mask=torch.randn(5, 4, device=DEVICE))
+    with pytest.raises(ValueError, match=r"out_relu_mask \(4, 6\) .* does not match the product \(6, 4\)"):
+        gemm.matmul(a, b, out_relu_mask=torch.randn(4, 6, device=DEVICE))
+    mask = torch.randn(6, 4, device=DEVICE)
+    assert_close(gemm.matmul(a, b, out_relu_mask=mask), float64_product(a, b).masked_fill(mask.cpu() <= 0, 0), "float32")

@@ -74,3 +74,34 @@ def test_triton_mean_of_empty_is_nan_like_torch():
 def test_bad_input(args, error, message):
     with pytest.raises(error, match=message):
         fusedgrad.mse_loss(*args)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("backend, device", BACKENDS, ids=["aten", "triton"])
+def test_second_derivatives_match_float64(backend, device, reduction):
+    """Double backward through the loss: a penalty on d loss / d (input, target), and the
+    Hessian of the loss of a linear model, equal float64 torch's (not zero)."""
+    input = torch.randn(6, 4, device=device, requires_grad=True)
+    target = torch.randn(6, 4, device=device, requires_grad=True)
+
+    def penalty(input, target, loss_fn):
+        grad_input, grad_target = torch.autograd.grad(loss_fn(input, target, reduction=reduction),
+                                                      (input, target), create_graph=True)
+        return (grad_input * torch.arange(24.0).reshape(6, 4).to(input)).sum() + grad_target.square().sum()
+
+    with fusedgrad.backend(backend):
+        penalty(input, target, fusedgrad.mse_loss).backward()
+    input64, target64 = (t.detach().double().cpu().requires_grad_() for t in (input, target))
+    penalty(input64, target64, F.mse_loss).backward()
+    assert_close(input.grad, input64.grad, "float32")
+    assert_close(target.grad, target64.grad, "float32")
+
+    x, y = torch.randn(5, 3, device=device), torch.randn(5, 2, device=device)
+    with fusedgrad.backend(backend):
+        hessian = torch.autograd.functional.hessian(
+            lambda w: fusedgrad.mse_loss(x @ w, y, reduction=reduction), torch.randn(3, 2, device=device))
+    expected = torch.autograd.functional.hessian(
+        lambda w: F.mse_loss(x.double().cpu() @ w, y.double().cpu(), reduction=reduction),
+        torch.zeros(3, 2, dtype=torch.float64))  # a quadratic: the same Hessian everywhere
+    assert expected.abs().sum() > 0
+    assert_close(hessian, expected, "float32")

@@ -236,9 +236,73 @@ def test_settings_of_forward_also_run_backward(kernel_calls, tmp_path):
     assert_close(b.grad, ref_b, "tf32" if BACKENDS["triton"] == "cuda" else "float32")
 
 
-def test_triton_double_backward_is_refused():
-    a, b = triton_leaves()
-    with fusedgrad.backend("triton"):
-        (grad_a,) = torch.autograd.grad(fusedgrad.mm_relu(a, b).sum(), a, create_graph=True)
-    with pytest.raises(RuntimeError):
-        grad_a.sum().backward()
+def float64_leaves(a, b):
+    return a.detach().double().cpu().requires_grad_(), b.detach().double().cpu().requires_grad_()
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("backend", backend_cases())
+def test_gradient_penalty_matches_float64(backend, op):
+    """Double backward: the gradient of a penalty on the first gradients (create_graph=True)
+    equals float64 torch's, on both backends. With relu, the second derivatives flow through
+    relu'(out) held fixed, as in torch."""
+    fn, relu = OPS[op]
+    device = BACKENDS[backend]
+    a, b = leaves(device, 13, 21, 9)
+    weight, probe = torch.randn(13, 9, device=device), torch.randn(21, 9, device=device)
+
+    def penalized(a, b, product):
+        grad_a, grad_b = torch.autograd.grad((product(a, b) * weight.to(a)).sum(), (a, b), create_graph=True)
+        return grad_a.square().sum() + (grad_b * probe.to(a)).sum()
+
+    with fusedgrad.backend(backend):
+        penalized(a, b, fn).backward()
+    a64, b64 = float64_leaves(a, b)
+    penalized(a64, b64, lambda a, b: torch.relu(a @ b) if relu else a @ b).backward()
+    assert a.grad.abs().sum() > 0 and b.grad.abs().sum() > 0
+    assert_close(a.grad, a64.grad, "float32")
+    assert_close(b.grad, b64.grad, "float32")
+
+
+@pytest.mark.parametrize("backend", backend_cases())
+def test_hessian_matches_float64(backend):
+    """torch.autograd.functional.hessian of a loss through mm and mm_relu: not zero, torch's."""
+    device = BACKENDS[backend]
+    x, w2 = torch.randn(6, 5, device=device), torch.randn(4, 3, device=device)
+    w1 = torch.randn(5, 4, device=device)
+
+    def loss(w1, mm_relu, mm):
+        return mm(mm_relu(x.to(w1), w1), w2.to(w1)).square().sum()
+
+    with fusedgrad.backend(backend):
+        hessian = torch.autograd.functional.hessian(lambda w: loss(w, fusedgrad.mm_relu, fusedgrad.mm), w1)
+    expected = torch.autograd.functional.hessian(
+        lambda w: loss(w, lambda a, b: torch.relu(a @ b), torch.mm), w1.double().cpu())
+    assert hessian.shape == (5, 4, 5, 4) and expected.abs().sum() > 0
+    assert_close(hessian, expected, "float32")
+
+
+@pytest.mark.parametrize("side", ["a", "b", "out"])
+def test_every_gated_product_is_twice_differentiable(side):
+    """The Triton Function's three gated forms, each differentiated twice (a penalty on its
+    first gradients), against float64 torch with the same fixed mask."""
+    device = BACKENDS["triton"]
+    a, b = leaves(device, 11, 17, 7)
+    mask = torch.randn({"a": (11, 17), "b": (17, 7), "out": (11, 7)}[side], device=device)
+    weight = torch.randn(11, 7, device=device)
+    launch = dict(fp32_precision="ieee", tuner=None)
+
+    def gate(t, where, mask):
+        return t * (mask > 0).to(t) if where == side else t
+
+    def penalized(a, b, product, mask):
+        grad_a, grad_b = torch.autograd.grad((product(a, b, mask) * weight.to(a)).sum(), (a, b), create_graph=True)
+        return grad_a.square().sum() + grad_b.square().sum()
+
+    triton = lambda a, b, mask: fusedgrad.matmul.TritonMatmulFunction.apply(a, b, False, mask, side, launch)
+    reference = lambda a, b, mask: gate(gate(a, "a", mask) @ gate(b, "b", mask), "out", mask)
+    penalized(a, b, triton, mask).backward()
+    a64, b64 = float64_leaves(a, b)
+    penalized(a64, b64, reference, mask.double().cpu()).backward()
+    assert_close(a.grad, a64.grad, "float32")
+    assert_close(b.grad, b64.grad, "float32")
