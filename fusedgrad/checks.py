@@ -34,6 +34,20 @@ def check_operands(op: str, a: object, b: object, names: tuple[str, str] = ("a",
                          f"{name_b} is {tuple(b.shape)} ({a.shape[1]} != {b.shape[0]})")
 
 
+def autocast(op_dtype: torch.dtype | None, *tensors):
+    """`tensors` as torch's autocast hands them to an op: inside `torch.autocast(device, dtype)`
+    for their device, floating tensors other than float64 are cast to the op's dtype, `dtype`
+    itself for ops on autocast's lower-precision list (`op_dtype` None: mm) or float32 for
+    ops on its float32 list (mse_loss). Outside autocast, or for anything else, unchanged.
+    The casts are differentiable, so gradients reach the leaves in their own dtype."""
+    first = tensors[0]
+    if not isinstance(first, torch.Tensor) or not torch.is_autocast_enabled(first.device.type):
+        return tensors
+    dtype = op_dtype or torch.get_autocast_dtype(first.device.type)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+                 else t for t in tensors)
+
+
 def check_lr(lr: object, where: str, device: torch.device | None = None) -> None:
     """The one learning-rate rule: a real number, finite and >= 0 (not a bool), or a 0-d
     floating-point tensor (on `device` when given; its value is read on the device, so it is

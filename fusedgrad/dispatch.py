@@ -34,14 +34,13 @@ def resolve(tensor: torch.Tensor, *, gemm: bool = False) -> str:
 
     `gemm=True` for the autograd matrix products (`mm`, `mm_relu`). There "auto" chooses ATen
     where ATen computes the same product, a float32 product at IEEE precision (the Triton
-    kernels' fp32 precision "ieee" and torch's own setting "ieee"), outside CUDA autocast. The
-    reason: at small sizes the autograd loop is host-bound and an ATen call costs less host
-    time than a Triton launch; at large ones cuBLAS's SGEMM is expected to beat Triton's FMA
-    dot by more than the fused ReLU saves (bench/NOTES.md v5f says what is measured). Under
-    autocast torch.mm would compute in 16 bits where Triton computes in the inputs' dtype,
-    so the product stays on Triton and the output dtype does not hinge on the setting. tf32,
-    "tf32x3" and 16-bit products stay on Triton, as do the loss, SGD and the fused
-    `train_step`; backend "triton" forces Triton."""
+    kernels' fp32 precision "ieee" and torch's own setting "ieee"). The reason: at small sizes
+    the autograd loop is host-bound and an ATen call costs less host time than a Triton
+    launch; at large ones cuBLAS's SGEMM is expected to beat Triton's FMA dot by more than the
+    fused ReLU saves (bench/NOTES.md v5f says what is measured). Under autocast the products'
+    inputs are already cast to 16 bits when this runs (`checks.autocast`). tf32, "tf32x3" and
+    16-bit products stay on Triton, as do the loss, SGD and the fused `train_step`; backend
+    "triton" forces Triton."""
     name = settings.current_backend()
     if name == "aten":
         return "aten"
@@ -50,7 +49,7 @@ def resolve(tensor: torch.Tensor, *, gemm: bool = False) -> str:
             return "aten"
         same_as_aten = (gemm and tensor.dtype == torch.float32 and settings.kernel_fp32_precision() == "ieee"
                         and settings.torch_fp32_precision() == "ieee")
-        return "aten" if same_as_aten and not torch.is_autocast_enabled("cuda") else "triton"
+        return "aten" if same_as_aten else "triton"
     if tensor.dtype not in KERNEL_DTYPES:
         raise TypeError(f"backend 'triton': the Triton kernels take float16, bfloat16 and float32, "
                         f"got {tensor.dtype}; use backend 'aten' or 'auto' for it")

@@ -1,6 +1,6 @@
 """`mse_loss`: squared-error loss whose forward also produces the gradient (one Triton pass).
 
-    loss = sum((input - target)**2)  (or its mean),   grad_input = 2 (input - target) * grad_loss
+    loss = mean((input - target)**2)  (or its sum),   grad_input = 2 (input - target) * grad_loss / n
 
 On CUDA one kernel reads input and target once and writes the loss and 2 (input - target);
 backward only scales that by the upstream gradient (a device tensor: no host sync). Elsewhere
@@ -12,9 +12,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import dispatch
+from torch.nn import _reduction as _Reduction
 
-REDUCTIONS = ("sum", "mean")
+from . import dispatch
+from .checks import autocast
+
+REDUCTIONS = ("mean", "sum", "none")
 
 
 class TritonMSELossFunction(torch.autograd.Function):
@@ -44,22 +47,31 @@ class TritonMSELossFunction(torch.autograd.Function):
         return grad_input, grad_target, None
 
 
-def mse_loss(input: torch.Tensor, target: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
-    """`torch.nn.functional.mse_loss(input, target, reduction=reduction)` for "sum" (the
-    tutorial's loss, and the default here) or "mean". Same shapes, dtypes and devices required."""
+def mse_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | None = None, reduce: bool | None = None,
+             reduction: str = "mean", weight: torch.Tensor | None = None) -> torch.Tensor:
+    """`torch.nn.functional.mse_loss`, with its signature and default (`reduction="mean"`; the
+    tutorial's loss is `reduction="sum"`). "sum" and "mean" run the one-pass Triton kernel on
+    the Triton backend; "none" and a `weight` run `F.mse_loss` itself on every backend (there
+    is no reduction to fuse). As torch: under `torch.autocast` the loss computes in float32,
+    mixed dtypes promote, and the deprecated `size_average`/`reduce` still pick the reduction.
+    Shapes must match (where torch would broadcast with a warning, this raises)."""
     for name, t in (("input", input), ("target", target)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"mse_loss: {name} must be a torch.Tensor, got {type(t).__name__}")
         if not t.is_floating_point():
             raise TypeError(f"mse_loss: {name} has dtype {t.dtype}; a floating-point dtype is needed")
+    if size_average is not None or reduce is not None:
+        reduction = _Reduction.legacy_get_string(size_average, reduce)  # warns, as torch does
     if reduction not in REDUCTIONS:
-        raise ValueError(f"mse_loss: reduction must be 'sum' or 'mean', got {reduction!r}")
+        raise ValueError(f"mse_loss: reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     if input.shape != target.shape:
         raise ValueError(f"mse_loss: shapes differ: input {tuple(input.shape)}, target {tuple(target.shape)}")
-    if input.dtype != target.dtype:
-        raise TypeError(f"mse_loss: dtypes differ: input {input.dtype}, target {target.dtype}")
     if input.device != target.device:
         raise ValueError(f"mse_loss: devices differ: input on {input.device}, target on {target.device}")
-    if dispatch.resolve(input) == "triton":
+    input, target = autocast(torch.float32, input, target)  # F.mse_loss is on autocast's float32 list
+    dtype = torch.promote_types(input.dtype, target.dtype)
+    input, target = input.to(dtype), target.to(dtype)
+    if reduction != "none" and weight is None and dispatch.resolve(input) == "triton":
         return TritonMSELossFunction.apply(input, target, reduction == "mean")[0]
-    return F.mse_loss(input, target, reduction=reduction)
+    extra = {} if weight is None else {"weight": weight}
+    return F.mse_loss(input, target, reduction=reduction, **extra)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from . import dispatch, settings
-from .checks import check_operands
+from .checks import autocast, check_operands
 
 
 def matmul_reference(
@@ -98,6 +98,7 @@ class TritonMatmulFunction(torch.autograd.Function):
 
 
 def _matmul(op: str, a: torch.Tensor, b: torch.Tensor, relu: bool) -> torch.Tensor:
+    a, b = autocast(None, a, b)  # torch.mm's policy: lower precision under torch.autocast
     check_operands(op, a, b)
     if dispatch.resolve(a, gemm=True) == "triton":
         dispatch.load_kernels()  # first: a missing triton gets its clear error

@@ -40,14 +40,3 @@ def test_auto_rule_on_cuda_tensors(dtype, torch_setting, ours, gemm, expected, m
                 assert dispatch.resolve(tensor, gemm=gemm) == "triton"
         with fusedgrad.backend("aten"):
             assert dispatch.resolve(tensor, gemm=gemm) == "aten"
-
-
-def test_auto_keeps_triton_under_autocast(monkeypatch):
-    """Under CUDA autocast torch.mm would run in 16 bits: "auto" keeps the IEEE product on
-    Triton (inputs' dtype), as for tf32, so the output dtype does not hinge on the setting."""
-    monkeypatch.delenv("FUSEDGRAD_BACKEND", raising=False)
-    tensor = torch.empty(2, 2).as_subclass(LooksCuda)
-    with torch_fp32_setting("ieee"), fusedgrad.fp32_precision("torch"):
-        assert dispatch.resolve(tensor, gemm=True) == "aten"
-        monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type=None: device_type == "cuda")
-        assert dispatch.resolve(tensor, gemm=True) == "triton"

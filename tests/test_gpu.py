@@ -176,10 +176,10 @@ def test_auto_leaves_ieee_fp32_products_to_cublas():
                     outputs[name] = fusedgrad.mm_relu(a, b)
         assert torch.equal(outputs["auto"], outputs[expected]), (torch_setting, ours)
     with torch_fp32_setting("ieee"), torch.autocast("cuda", dtype=torch.bfloat16):
-        under_autocast = fusedgrad.mm_relu(a, b)  # stays on Triton: fp32 out, not torch.mm's bf16
-        with fusedgrad.backend("triton"):
-            assert torch.equal(under_autocast, fusedgrad.mm_relu(a, b))
-    assert under_autocast.dtype == torch.float32
+        under_autocast = fusedgrad.mm_relu(a, b)  # cast to bf16 as torch.mm is: then on Triton
+        assert under_autocast.dtype == torch.mm(a, b).dtype == torch.bfloat16
+    with fusedgrad.backend("triton"):
+        assert torch.equal(under_autocast, fusedgrad.mm_relu(a.bfloat16(), b.bfloat16()))
 
 
 def test_tf32x3_is_near_ieee_accuracy():

@@ -64,16 +64,48 @@ def test_triton_mean_of_empty_is_nan_like_torch():
         assert fusedgrad.mse_loss(empty, empty, reduction="sum") == 0
 
 
-@pytest.mark.parametrize("args, error, message", [
-    ((torch.randn(3), torch.randn(4)), ValueError, r"input \(3,\), target \(4,\)"),
-    ((torch.randn(3), torch.randn(3, dtype=torch.float64)), TypeError, "float32, target torch.float64"),
-    ((torch.ones(3, dtype=torch.int64), torch.ones(3, dtype=torch.int64)), TypeError, "torch.int64"),
-    ((torch.randn(3), torch.randn(3), "none"), ValueError, "'none'"),
-    ((torch.randn(3), torch.randn(3, device="meta")), ValueError, "cpu, target on meta"),
+@pytest.mark.parametrize("args, kwargs, error, message", [
+    ((torch.randn(3), torch.randn(4)), {}, ValueError, r"input \(3,\), target \(4,\)"),
+    ((torch.ones(3, dtype=torch.int64), torch.ones(3, dtype=torch.int64)), {}, TypeError, "torch.int64"),
+    ((torch.randn(3), torch.randn(3)), {"reduction": "max"}, ValueError, "one of mean, sum, none, got 'max'"),
+    ((torch.randn(3), torch.randn(3, device="meta")), {}, ValueError, "cpu, target on meta"),
 ])
-def test_bad_input(args, error, message):
+def test_bad_input(args, kwargs, error, message):
     with pytest.raises(error, match=message):
-        fusedgrad.mse_loss(*args)
+        fusedgrad.mse_loss(*args, **kwargs)
+
+
+def test_signature_and_default_are_torchs():
+    """F.mse_loss's parameters in F.mse_loss's order, and its default: the mean."""
+    import inspect
+    ours, theirs = inspect.signature(fusedgrad.mse_loss), inspect.signature(F.mse_loss)
+    assert list(ours.parameters) == list(theirs.parameters)
+    assert [p.default for p in ours.parameters.values()] == [p.default for p in theirs.parameters.values()]
+    input, target = torch.randn(5, 3), torch.randn(5, 3)
+    torch.testing.assert_close(fusedgrad.mse_loss(input, target), F.mse_loss(input, target))
+    with pytest.warns(UserWarning, match="deprecated"):  # as torch, the legacy flags still choose
+        torch.testing.assert_close(fusedgrad.mse_loss(input, target, size_average=False),
+                                   F.mse_loss(input, target, reduction="sum"))
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS, ids=["aten", "triton"])
+def test_none_weight_promotion_and_autocast_follow_torch(backend, device):
+    input = torch.randn(4, 6, device=device, dtype=torch.float16, requires_grad=True)
+    target = torch.randn(4, 6, device=device)
+    with fusedgrad.backend(backend):
+        elementwise = fusedgrad.mse_loss(input, target, reduction="none")
+        promoted = fusedgrad.mse_loss(input, target)  # float16 with float32: float32, as torch
+        with torch.autocast(device, dtype=torch.bfloat16):
+            under_autocast = fusedgrad.mse_loss(input.to(torch.bfloat16), target.to(torch.bfloat16))
+    expected = F.mse_loss(input.detach().float().cpu(), target.cpu(), reduction="none")
+    assert elementwise.dtype == torch.float32 and elementwise.shape == (4, 6)
+    torch.testing.assert_close(elementwise.cpu(), expected)
+    assert promoted.dtype == torch.float32 == F.mse_loss(input.detach().cpu(), target.cpu()).dtype
+    torch.testing.assert_close(promoted.cpu(), expected.mean())
+    promoted.backward()
+    assert input.grad.dtype == torch.float16  # the cast is differentiable: the leaf gets its own dtype
+    assert under_autocast.dtype == torch.float32  # autocast's float32 list, as F.mse_loss
+
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])

@@ -161,6 +161,27 @@ def test_saves_only_what_backward_needs(backend, needs):
     assert (a.grad is not None, b.grad is not None) == needs
 
 
+@pytest.mark.parametrize("backend", backend_cases())
+def test_autocast_follows_torch_mm(backend):
+    """Under torch.autocast the products compute in autocast's dtype and return it, as torch.mm
+    does, so the tutorial's forward runs (float32 weights, 16-bit activations), and the loss
+    computes in float32; gradients reach the float32 leaves. (16-bit: float16, whose dots the
+    interpreter gets right.)"""
+    device = BACKENDS[backend]
+    x, y = torch.randn(8, 24, device=device), torch.randn(8, 5, device=device)
+    w1, w2 = leaves(device, 24, 16, 5)[0], leaves(device, 16, 5, 1)[0]
+    with fusedgrad.backend(backend), torch.autocast(device, dtype=torch.float16):
+        h = fusedgrad.mm_relu(x, w1)
+        out = fusedgrad.mm(h, w2)
+        loss = fusedgrad.mse_loss(out, y, reduction="sum")
+    assert h.dtype == out.dtype == torch.float16 and loss.dtype == torch.float32
+    loss.backward()
+    assert w1.grad.dtype == w2.grad.dtype == torch.float32
+    half = lambda t: t.detach().half().double().cpu()
+    assert_close(h, (half(x) @ half(w1)).relu(), "float16")
+    assert_close(out, half(h) @ half(w2), "float16")
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_aten_backend_is_twice_differentiable(op):
     a = torch.randn(12, 9, dtype=torch.float64, requires_grad=True)
