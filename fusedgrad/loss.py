@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.nn import _reduction as _Reduction
 
 from . import dispatch
+from .batching import by_slices
 from .checks import autocast
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -29,12 +30,19 @@ class TritonMSELossFunction(torch.autograd.Function):
     loss are exact, at no cost to a first-order backward (grad is saved either way)."""
 
     @staticmethod
-    def forward(ctx, input: torch.Tensor, target: torch.Tensor, mean: bool):
-        loss, grad = dispatch.load_kernels().mse_loss_and_grad(input, target, mean)
+    def forward(input: torch.Tensor, target: torch.Tensor, mean: bool):
+        return dispatch.load_kernels().mse_loss_and_grad(input, target, mean)
+
+    @staticmethod
+    def setup_context(ctx, inputs, outputs):
+        input, _, mean = inputs
         ctx.scale = 2.0 / input.numel() if mean and input.numel() else 2.0
         ctx.set_materialize_grads(False)  # grad's own gradient is None in a first-order backward
-        ctx.save_for_backward(grad)
-        return loss, grad
+        ctx.save_for_backward(outputs[1])
+
+    @staticmethod
+    def vmap(info, in_dims, input, target, mean):
+        return by_slices(TritonMSELossFunction, info.batch_size, in_dims, input, target, mean)
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor | None, grad_of_grad: torch.Tensor | None):

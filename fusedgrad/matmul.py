@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from . import dispatch, settings
+from .batching import by_slices, rows_of
 from .checks import autocast, check_operands
 
 
@@ -71,16 +72,32 @@ class TritonMatmulFunction(torch.autograd.Function):
     settings (fp32 precision, tuner) of the first forward, wherever backward runs."""
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor, relu: bool, mask: torch.Tensor | None,
+    def forward(a: torch.Tensor, b: torch.Tensor, relu: bool, mask: torch.Tensor | None,
                 side: str | None, launch: dict) -> torch.Tensor:
-        out = _triton_product(a, b, relu, mask, side, launch)
+        return _triton_product(a, b, relu, mask, side, launch)
+
+    @staticmethod
+    def setup_context(ctx, inputs, out):
+        a, b, relu, mask, side, launch = inputs
         ctx.side, ctx.launch = ("out" if relu else side), launch
         # As torch.mm does: grad_a needs b, grad_b needs a, so a frozen b keeps no activation
         # a alive. relu's output doubles as its mask.
         needs_a, needs_b = ctx.needs_input_grad[:2]
         ctx.save_for_backward(a if needs_b else None, b if needs_a else None,
                               (out if relu else mask) if needs_a or needs_b else None)
-        return out
+
+    @staticmethod
+    def vmap(info, in_dims, a, b, relu, mask, side, launch):
+        """Batched over a's rows only (b unbatched, a mask on a or on the output batched like
+        a or not at all): one product of (batch * M, K) by b, the reshape torch.mm's own rule
+        makes. Anything else: slice by slice."""
+        a_dim, b_dim, _, mask_dim, _, _ = in_dims
+        if a_dim is not None and b_dim is None and (mask_dim is None or side in ("a", "out")):
+            rows = a.movedim(a_dim, 0).shape[1]
+            gate = rows_of(mask, mask_dim, info.batch_size) if side in ("a", "out") else mask
+            out = TritonMatmulFunction.apply(rows_of(a, a_dim, info.batch_size), b, relu, gate, side, launch)
+            return out.reshape(info.batch_size, rows, out.shape[1]), 0
+        return by_slices(TritonMatmulFunction, info.batch_size, in_dims, a, b, relu, mask, side, launch)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):

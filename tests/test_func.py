@@ -1,0 +1,84 @@
+"""torch.func over fusedgrad's ops, on both backends (Triton interpreted on CPU, compiled on
+CUDA): `grad`, `vmap` (the row rule and the slice-by-slice rule), per-sample gradients
+(`vmap(grad)`) and `functional_call`, against the same computation in float64 torch."""
+
+import pytest
+import torch
+from torch.func import functional_call, grad, vmap
+
+import fusedgrad
+from helpers import assert_close, kernel_device
+
+BACKENDS = {"aten": "cpu", "triton": kernel_device()}
+
+
+def torch_ops(x, w1, w2):
+    return torch.relu(x @ w1) @ w2
+
+
+def fused_ops(x, w1, w2):
+    return fusedgrad.mm(fusedgrad.mm_relu(x, w1), w2)
+
+
+def problem(device):
+    return (torch.randn(8, 12, device=device), torch.randn(8, 3, device=device),
+            torch.randn(12, 6, device=device), torch.randn(6, 3, device=device))
+
+
+def float64(*tensors):
+    return [t.double().cpu() for t in tensors]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grad_and_per_sample_grads(backend):
+    x, y, w1, w2 = problem(BACKENDS[backend])
+
+    def loss(forward, loss_fn):
+        return lambda w1, w2, x, y: loss_fn(forward(x, w1, w2), y, reduction="sum")
+
+    ours, theirs = loss(fused_ops, fusedgrad.mse_loss), loss(torch_ops, torch.nn.functional.mse_loss)
+    with fusedgrad.backend(backend):
+        grads = grad(ours, argnums=(0, 1))(w1, w2, x, y)
+        per_sample = vmap(grad(ours), in_dims=(None, None, 0, 0))(w1, w2, x[:, None], y[:, None])
+    expected = grad(theirs, argnums=(0, 1))(*float64(w1, w2, x, y))
+    expected_per_sample = vmap(grad(theirs), in_dims=(None, None, 0, 0))(*float64(w1, w2, x[:, None], y[:, None]))
+    assert_close(grads[0], expected[0], "float32")
+    assert_close(grads[1], expected[1], "float32")
+    assert per_sample.shape == (8, 12, 6)
+    assert_close(per_sample, expected_per_sample, "float32")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vmap_rows_in_one_launch_and_other_batches_by_slices(backend, monkeypatch):
+    """Batching over a's rows is one (batch * M, K) product on the Triton backend; batching b
+    runs slice by slice. Both equal torch's."""
+    x, _, w1, _ = problem(BACKENDS[backend])
+    launches = []
+    if backend == "triton":
+        kernels = fusedgrad.dispatch.load_kernels()
+        matmul = kernels.matmul
+        monkeypatch.setattr(kernels, "matmul", lambda a, b, **kw: launches.append(a.shape) or matmul(a, b, **kw))
+    xs, w1s = torch.randn(4, 8, 12, device=x.device), torch.randn(5, 12, 6, device=x.device)
+    with fusedgrad.backend(backend):
+        rows = vmap(lambda xi: fusedgrad.mm_relu(xi, w1))(xs)
+        assert launches == ([(32, 12)] if backend == "triton" else [])
+        slices = vmap(lambda wi: fusedgrad.mm_relu(x, wi))(w1s)
+        losses = vmap(lambda xi: fusedgrad.mse_loss(xi, x))(xs)
+    assert len(launches) == (1 + 5 if backend == "triton" else 0)
+    assert_close(rows, torch.relu(xs.double() @ w1.double()), "float32")
+    assert_close(slices, torch.relu(x.double() @ w1s.double()), "float32")
+    assert_close(losses, (xs.double() - x.double()).square().mean((1, 2)), "float32")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_functional_call_of_the_module(backend):
+    x, y, _, _ = problem(BACKENDS[backend])
+    net = fusedgrad.TwoLayerNet(12, 6, 3, device=x.device)
+    params = {name: p.detach() for name, p in net.named_parameters()}
+    with fusedgrad.backend(backend):
+        grads = grad(lambda p: fusedgrad.mse_loss(functional_call(net, p, (x,)), y))(params)
+    expected = grad(lambda w: torch.nn.functional.mse_loss(torch_ops(x.double().cpu(), *w), y.double().cpu()))(
+        tuple(float64(params["w1"], params["w2"])))
+    assert set(grads) == {"w1", "w2"}
+    assert_close(grads["w1"], expected[0], "float32")
+    assert_close(grads["w2"], expected[1], "float32")
