@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from torch.nn import _reduction as _Reduction
 
 from . import dispatch
-from .batching import by_slices
+from .function import Function, by_slices
 from .checks import autocast
 
 REDUCTIONS = ("mean", "sum", "none")
 
 
-class TritonMSELossFunction(torch.autograd.Function):
+class TritonMSELossFunction(Function):
     """(loss, grad) with grad = d loss / d input = scale (input - target), scale = 2 or 2/n.
 
     `mse_loss` hands out only the loss; grad is an output too so that backward, which returns
@@ -76,10 +76,11 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | Non
         raise ValueError(f"mse_loss: shapes differ: input {tuple(input.shape)}, target {tuple(target.shape)}")
     if input.device != target.device:
         raise ValueError(f"mse_loss: devices differ: input on {input.device}, target on {target.device}")
+    if reduction == "none" or weight is not None:  # torch's own, autocast and promotion included
+        return F.mse_loss(input, target, reduction=reduction, **({} if weight is None else {"weight": weight}))
     input, target = autocast(torch.float32, input, target)  # F.mse_loss is on autocast's float32 list
     dtype = torch.promote_types(input.dtype, target.dtype)
     input, target = input.to(dtype), target.to(dtype)
-    if reduction != "none" and weight is None and dispatch.resolve(input) == "triton":
+    if dispatch.resolve(input) == "triton":
         return TritonMSELossFunction.apply(input, target, reduction == "mean")[0]
-    extra = {} if weight is None else {"weight": weight}
-    return F.mse_loss(input, target, reduction=reduction, **extra)
+    return F.mse_loss(input, target, reduction=reduction)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from . import dispatch, settings
-from .batching import by_slices, rows_of
+from .function import Function, by_slices, rows_of
 from .checks import autocast, check_operands
 
 
@@ -66,7 +66,7 @@ def _triton_product(a, b, relu: bool, mask, side: str | None, launch: dict) -> t
     return dispatch.load_kernels().matmul(a, b, relu=relu, **gating, **launch)
 
 
-class TritonMatmulFunction(torch.autograd.Function):
+class TritonMatmulFunction(Function):
     """relu(a @ b), a @ b, or a @ b with one of a, b and the product gated by relu'(mask)
     (`side` "a", "b" or "out"), in Triton kernels forward and backward, at the `launch`
     settings (fp32 precision, tuner) of the first forward, wherever backward runs."""
@@ -102,9 +102,11 @@ class TritonMatmulFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         a, b, mask = ctx.saved_tensors
-        # Under create_graph the products are recorded (this Function again); otherwise they
-        # are plain launches, with no autograd bookkeeping around them.
-        product = TritonMatmulFunction.apply if torch.is_grad_enabled() else _triton_product
+        # Under create_graph, or a torch.func transform, the products go through this Function
+        # again (recorded, or batched by its vmap rule); otherwise they are plain launches, with
+        # no autograd bookkeeping around them.
+        recorded = torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
+        product = TritonMatmulFunction.apply if recorded else _triton_product
         (side_a, transposed_a), (side_b, transposed_b) = _BACKWARD[ctx.side]
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
@@ -118,7 +120,7 @@ def _matmul(op: str, a: torch.Tensor, b: torch.Tensor, relu: bool) -> torch.Tens
     a, b = autocast(None, a, b)  # torch.mm's policy: lower precision under torch.autocast
     check_operands(op, a, b)
     if dispatch.resolve(a, gemm=True) == "triton":
-        dispatch.load_kernels()  # first: a missing triton gets its clear error
+        dispatch.load_kernels()  # before the tuner, which imports them too: a missing triton's clear error
         launch = dict(fp32_precision=settings.kernel_fp32_precision(), tuner=settings.tuner())
         return TritonMatmulFunction.apply(a, b, relu, None, None, launch)
     return matmul_reference(a, b, relu=relu)

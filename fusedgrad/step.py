@@ -49,13 +49,15 @@ def train_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: torch.Ten
                lr: float | torch.Tensor) -> torch.Tensor:
     """One SGD step of `relu(x @ w1) @ w2` on `sum((y_pred - y)**2)`: updates w1 and w2 in place
     and returns the step's loss (computed before the update) without a host sync. The loss is
-    a 0-d float32 tensor on the Triton backend, of x's dtype on ATen."""
+    a 0-d float32 tensor on the Triton backend, of x's dtype on ATen. The step computes in its
+    inputs' dtype, inside torch.autocast too: it updates the weights in place, in their dtype."""
     _check(x, y, w1, w2, lr)
     if dispatch.resolve(x) == "triton":
         with torch.no_grad():
             return dispatch.load_kernels().two_layer_sgd_step(x, y, w1, w2, lr, settings.kernel_fp32_precision(),
                                                               settings.tuner())
-    return train_step_reference(x, y, w1, w2, lr)
+    with torch.autocast(x.device.type, enabled=False):
+        return train_step_reference(x, y, w1, w2, lr)
 
 
 class CUDAGraphStep:

@@ -82,3 +82,27 @@ def test_functional_call_of_the_module(backend):
     assert set(grads) == {"w1", "w2"}
     assert_close(grads["w1"], expected[0], "float32")
     assert_close(grads["w2"], expected[1], "float32")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batches(backend):
+    """vmap over an empty batch gives empty outputs of the right shape, as torch's ops do."""
+    x, _, _, _ = problem(BACKENDS[backend])
+    with fusedgrad.backend(backend):
+        empty = vmap(lambda wi: fusedgrad.mm(x, wi))(torch.randn(0, 12, 6, device=x.device))
+        empty_loss = vmap(lambda xi: fusedgrad.mse_loss(xi, xi))(torch.randn(0, 5, 4, device=x.device))
+    assert empty.shape == (0, 8, 6) and empty_loss.shape == (0,)
+
+
+def test_batched_gradients_are_refused_on_the_triton_backend_not_wrong():
+    """`autograd.grad(..., is_grads_batched=True)` batches backward with torch's older vmap,
+    which custom Functions cannot take part in: on the Triton backend it raises (use
+    `torch.func.vmap` over `torch.func.vjp`/`grad` instead); on ATen it works."""
+    x, _, w1, _ = problem(BACKENDS["triton"])
+    w = w1.clone().requires_grad_()
+    cotangents = torch.randn(3, 8, 6, device=x.device)
+    with fusedgrad.backend("triton"), pytest.raises((RuntimeError, NotImplementedError)):
+        torch.autograd.grad(fusedgrad.mm_relu(x, w), w, cotangents, is_grads_batched=True)
+    with fusedgrad.backend("aten"):
+        (batched,) = torch.autograd.grad(fusedgrad.mm_relu(x.cpu(), w.cpu()), w, cotangents.cpu(), is_grads_batched=True)
+    assert batched.shape == (3, 12, 6)

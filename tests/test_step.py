@@ -120,3 +120,16 @@ def test_settings_reach_the_fused_step(monkeypatch, tmp_path):
             fusedgrad.train_step(x, y, w1, w2, 1e-4)
     assert seen[0] == ("ieee", None)
     assert seen[1][0] == "tf32x3" and seen[1][1].path == tmp_path / "autotune.json"
+
+
+def test_the_step_ignores_autocast():
+    """The fused step updates its weights in place in their own dtype, so autocast does not
+    apply to it (on ATen, autocast would make the forward's mm bfloat16 and the update fail)."""
+    x, y, w1, w2 = problem("cpu")
+    ref = [t.clone() for t in (x, y, w1, w2)]
+    with torch.autocast("cpu", dtype=torch.bfloat16), fusedgrad.backend("aten"):
+        loss = fusedgrad.train_step(x, y, w1, w2, 1e-4)
+    expected = fusedgrad.train_step_reference(*ref, 1e-4)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(w1, ref[2])
