@@ -24,6 +24,13 @@ class Function(torch.autograd.Function):
         return super(torch.autograd.Function, cls).apply(*unwrap_dead_wrappers(args))
 
 
+def forward_mode_active() -> bool:
+    """Whether tangents may reach a Function's `jvp`: inside torch.func transforms or a
+    `torch.autograd.forward_ad.dual_level`. Only then do the Functions keep what `jvp` reads,
+    so a plain forward keeps no more tensors alive than backward needs."""
+    return torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0
+
+
 def by_slices(function, batch_size: int, in_dims, *args):
     """`function.apply` on each slice of the batched arguments (those with a batch dimension in
     `in_dims`), outputs stacked along a new leading dimension: (outputs, out_dims). An empty

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.nn import _reduction as _Reduction
 
 from . import dispatch
-from .function import Function, by_slices
+from .function import Function, by_slices, forward_mode_active
 from .checks import autocast
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -39,6 +39,18 @@ class TritonMSELossFunction(Function):
         ctx.scale = 2.0 / input.numel() if mean and input.numel() else 2.0
         ctx.set_materialize_grads(False)  # grad's own gradient is None in a first-order backward
         ctx.save_for_backward(outputs[1])
+        if forward_mode_active():
+            ctx.save_for_forward(outputs[1])
+
+    @staticmethod
+    def jvp(ctx, input_tangent, target_tangent, _mean):
+        """loss' = sum(grad * (input' - target')), grad' = scale (input' - target')."""
+        (grad,) = ctx.saved_tensors
+        if input_tangent is None:
+            difference = -target_tangent
+        else:
+            difference = input_tangent if target_tangent is None else input_tangent - target_tangent
+        return (grad * difference).sum(), ctx.scale * difference
 
     @staticmethod
     def vmap(info, in_dims, input, target, mean):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from . import dispatch, settings
-from .function import Function, by_slices, rows_of
+from .function import Function, by_slices, forward_mode_active, rows_of
 from .checks import autocast, check_operands
 
 
@@ -66,6 +66,13 @@ def _triton_product(a, b, relu: bool, mask, side: str | None, launch: dict) -> t
     return dispatch.load_kernels().matmul(a, b, relu=relu, **gating, **launch)
 
 
+def _recorded() -> bool:
+    """Whether backward's and jvp's products must go through the Function again: under
+    create_graph or a torch.func transform (to be recorded, or batched by the vmap rule).
+    Otherwise they are plain launches, with no autograd bookkeeping around them."""
+    return torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
+
+
 class TritonMatmulFunction(Function):
     """relu(a @ b), a @ b, or a @ b with one of a, b and the product gated by relu'(mask)
     (`side` "a", "b" or "out"), in Triton kernels forward and backward, at the `launch`
@@ -85,6 +92,18 @@ class TritonMatmulFunction(Function):
         needs_a, needs_b = ctx.needs_input_grad[:2]
         ctx.save_for_backward(a if needs_b else None, b if needs_a else None,
                               (out if relu else mask) if needs_a or needs_b else None)
+        if forward_mode_active():
+            ctx.save_for_forward(a, b, out if relu else mask)
+
+    @staticmethod
+    def jvp(ctx, a_tangent, b_tangent, _relu, mask_tangent, _side, _launch):
+        """out' = P(a', b) + P(a, b'), P the forward's gated product: the gate relu'(mask) is
+        piecewise constant, so it passes tangents through unchanged (relu: the gate of out)."""
+        a, b, mask = ctx.saved_tensors
+        product = TritonMatmulFunction.apply if _recorded() else _triton_product
+        terms = [product(x, y, False, mask, ctx.side, ctx.launch)
+                 for x, y in ((a_tangent, b), (a, b_tangent)) if x is not None and y is not None]
+        return terms[0] + terms[1] if len(terms) == 2 else terms[0]
 
     @staticmethod
     def vmap(info, in_dims, a, b, relu, mask, side, launch):
@@ -102,11 +121,7 @@ class TritonMatmulFunction(Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         a, b, mask = ctx.saved_tensors
-        # Under create_graph, or a torch.func transform, the products go through this Function
-        # again (recorded, or batched by its vmap rule); otherwise they are plain launches, with
-        # no autograd bookkeeping around them.
-        recorded = torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
-        product = TritonMatmulFunction.apply if recorded else _triton_product
+        product = TritonMatmulFunction.apply if _recorded() else _triton_product
         (side_a, transposed_a), (side_b, transposed_b) = _BACKWARD[ctx.side]
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:

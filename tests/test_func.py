@@ -106,3 +106,34 @@ def test_batched_gradients_are_refused_on_the_triton_backend_not_wrong():
     with fusedgrad.backend("aten"):
         (batched,) = torch.autograd.grad(fusedgrad.mm_relu(x.cpu(), w.cpu()), w, cotangents.cpu(), is_grads_batched=True)
     assert batched.shape == (3, 12, 6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_mode_jvp_jacfwd_and_hessian(backend):
+    """Forward-mode AD through the ops' jvp rules: torch.func.jvp, jacfwd (= jacrev), the
+    forward-over-reverse torch.func.hessian of the tutorial's loss, and a dual tensor of
+    torch.autograd.forward_ad, all against float64 torch."""
+    x, y, w1, w2 = problem(BACKENDS[backend])
+
+    def loss(w1, x, w2, y, forward=fused_ops, loss_fn=fusedgrad.mse_loss):
+        return loss_fn(forward(x, w1, w2), y, reduction="sum")
+
+    def reference(w1, x, w2, y):
+        return loss(w1, x, w2, y, torch_ops, torch.nn.functional.mse_loss)
+
+    tangent = torch.randn_like(w1)
+    with fusedgrad.backend(backend):
+        _, derivative = torch.func.jvp(lambda w: loss(w, x, w2, y), (w1,), (tangent,))
+        forward_jacobian = torch.func.jacfwd(lambda w: fused_ops(x, w, w2))(w1)
+        hessian = torch.func.hessian(loss)(w1, x, w2, y)
+        with torch.autograd.forward_ad.dual_level():
+            dual = torch.autograd.forward_ad.make_dual(w1, tangent)
+            dual_derivative = torch.autograd.forward_ad.unpack_dual(loss(dual, x, w2, y)).tangent
+    x64, y64, w1_64, w2_64, tangent64 = float64(x, y, w1, w2, tangent)
+    _, expected = torch.func.jvp(lambda w: reference(w, x64, w2_64, y64), (w1_64,), (tangent64,))
+    assert_close(derivative, expected, "float32")
+    assert_close(dual_derivative, expected, "float32")
+    assert_close(forward_jacobian, torch.func.jacrev(lambda w: torch_ops(x64, w, w2_64))(w1_64), "float32")
+    expected_hessian = torch.func.hessian(reference)(w1_64, x64, w2_64, y64)
+    assert expected_hessian.abs().sum() > 0
+    assert_close(hessian, expected_hessian, "float32")
