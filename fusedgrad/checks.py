@@ -41,6 +41,8 @@ def autocast(op_dtype: torch.dtype | None, *tensors):
     ops on its float32 list (mse_loss). Outside autocast, or for anything else, unchanged.
     The casts are differentiable, so gradients reach the leaves in their own dtype."""
     first = tensors[0]
+    if not torch._C._is_any_autocast_enabled():  # the common case, and the cheapest question
+        return tensors
     if not isinstance(first, torch.Tensor) or not torch.is_autocast_enabled(first.device.type):
         return tensors
     dtype = op_dtype or torch.get_autocast_dtype(first.device.type)

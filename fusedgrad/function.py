@@ -21,7 +21,11 @@ class Function(torch.autograd.Function):
     def apply(cls, *args):
         if torch._C._are_functorch_transforms_active():
             return super().apply(*args)
-        return super(torch.autograd.Function, cls).apply(*unwrap_dead_wrappers(args))
+        for arg in args:  # a tensor left over from an exited transform: unwrap, as torch's apply does
+            if isinstance(arg, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(arg):
+                args = unwrap_dead_wrappers(args)
+                break
+        return super(torch.autograd.Function, cls).apply(*args)
 
 
 def forward_mode_active() -> bool:

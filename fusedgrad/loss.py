@@ -91,8 +91,9 @@ def mse_loss(input: torch.Tensor, target: torch.Tensor, size_average: bool | Non
     if reduction == "none" or weight is not None:  # torch's own, autocast and promotion included
         return F.mse_loss(input, target, reduction=reduction, **({} if weight is None else {"weight": weight}))
     input, target = autocast(torch.float32, input, target)  # F.mse_loss is on autocast's float32 list
-    dtype = torch.promote_types(input.dtype, target.dtype)
-    input, target = input.to(dtype), target.to(dtype)
+    if input.dtype != target.dtype:  # promote as torch does
+        dtype = torch.promote_types(input.dtype, target.dtype)
+        input, target = input.to(dtype), target.to(dtype)
     if dispatch.resolve(input) == "triton":
         return TritonMSELossFunction.apply(input, target, reduction == "mean")[0]
     return F.mse_loss(input, target, reduction=reduction)
