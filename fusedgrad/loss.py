@@ -1,6 +1,7 @@
 """`mse_loss`: squared-error loss whose forward also produces the gradient (one Triton pass).
 
-    loss = mean((input - target)**2)  (or its sum),   grad_input = 2 (input - target) * grad_loss / n
+    loss = mean((input - target)**2)  (or its sum),   grad_input = 2 (input - target) / n * grad_loss
+                                                        (n = 1 for the sum)
 
 On CUDA one kernel reads input and target once and writes the loss and 2 (input - target);
 backward only scales that by the upstream gradient (a device tensor: no host sync). Elsewhere
@@ -11,12 +12,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from torch.nn import _reduction as _Reduction
 
 from . import dispatch
-from .function import Function, by_slices, forward_mode_active
 from .checks import autocast
+from .function import Function, by_slices, forward_mode_active
 
 REDUCTIONS = ("mean", "sum", "none")
 
