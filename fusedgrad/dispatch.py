@@ -12,6 +12,8 @@ CUDA: `fusedgrad.kernels`' launchers load on the first Triton launch.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from . import settings
@@ -58,3 +60,20 @@ def resolve(tensor: torch.Tensor, *, gemm: bool = False) -> str:
                            f"tensors on {tensor.device}: set TRITON_INTERPRET=1 before triton is "
                            f"first imported, or use backend 'auto' or 'aten'")
     return "triton"
+
+
+class Launch(NamedTuple):
+    """What a launch runs at, read from the settings once: the backend, and for Triton the fp32
+    precision and the tuner (None for ATen). An autograd Function keeps its forward's, so
+    backward runs at the forward's settings wherever it is called (as autocast's dtypes do)."""
+    backend: str
+    fp32_precision: str | None = None
+    tuner: object = None
+
+
+def launch_settings(tensor: torch.Tensor, *, gemm: bool = False) -> Launch:
+    """The `Launch` for an op on `tensor` under the settings in force (`resolve` for `gemm`)."""
+    if resolve(tensor, gemm=gemm) == "aten":
+        return Launch("aten")
+    load_kernels()  # before the tuner, which imports them too: a missing triton's clear error
+    return Launch("triton", settings.kernel_fp32_precision(), settings.tuner())

@@ -4,24 +4,28 @@
     grad_a = (grad_out * relu'(out)) @ b.T     relu'(out) = 0 where out <= 0, else 1
     grad_b = a.T @ (grad_out * relu'(out))
 
-On the Triton backend, forward saves out (never the pre-activation), and a and b where
-backward needs them (b for grad_a, a for grad_b, as torch.mm), and backward applies
-relu'(out) inside the two backward GEMMs as they load grad_out. Those GEMMs are the same
-Function again (`_BACKWARD`), so backward is differentiable: double backward, gradient
-penalties and Hessians are exact, not zero. `matmul_reference` is the same
-computation in ATen: the test oracle, and the ATen backend itself. There it runs under torch's
-own autograd (mm, then an in-place relu that saves only its output: the same tensors saved),
-because a Python autograd.Function would only add overhead around the same ATen calls.
-Backend "auto" takes that path where ATen computes the same product (`dispatch.resolve`).
+The ops `fusedgrad::mm_relu`, `fusedgrad::mm` and `fusedgrad::gemm` (the product with a ReLU or
+one relu' mask, which backward uses) share one kernel, `gemm_kernel`: the Triton launcher or
+`matmul_reference`, the same computation in ATen (the test oracle, and the ATen backend).
+Their autograd is `GemmFunction`: forward saves out (never the pre-activation), and a and b
+where backward needs them (b for grad_a, a for grad_b, as torch.mm), and backward applies
+relu'(out) inside the two backward GEMMs as they load grad_out. Those GEMMs are the same op
+again (`_BACKWARD`), so backward is differentiable: double backward, gradient penalties and
+Hessians are exact, not zero.
+
+In plain eager mode on the ATen backend `mm_relu` is `matmul_reference` under torch's own
+autograd (mm, then an in-place relu that saves only its output: the same tensors saved), since
+a Python autograd Function would only add host time around the same ATen calls; backend "auto"
+takes that path where ATen computes the same product (`dispatch.resolve`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import dispatch, settings
-from .function import Function, by_slices, forward_mode_active, rows_of
+from . import dispatch, library, settings
 from .checks import autocast, check_operands
+from .function import Function, by_slices, forward_mode_active, rows_of
 
 
 def matmul_reference(
@@ -31,6 +35,7 @@ def matmul_reference(
     relu: bool = False,
     a_relu_mask: torch.Tensor | None = None,
     b_relu_mask: torch.Tensor | None = None,
+    out_relu_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ATen twin of `fusedgrad.kernels.matmul`, kept on purpose: same arguments (but the
     launch options `config`, `fp32_precision`, `tuner`), same semantics; the CPU path and the
@@ -40,11 +45,13 @@ def matmul_reference(
     if b_relu_mask is not None:
         b = b.masked_fill(b_relu_mask <= 0, 0)
     out = torch.mm(a, b)
+    if out_relu_mask is not None:
+        out.masked_fill_(out_relu_mask <= 0, 0)
     return out.relu_() if relu else out
 
 
-# The Triton products backward needs, by what the forward's relu' mask gated: for each side,
-# (what grad_a's product gates and with which mask, what grad_b's gates and with which mask).
+# The products backward needs, by what the forward's relu' mask gated: for each side, (what
+# grad_a's product gates and with which mask, what grad_b's gates and with which mask).
 # With M the mask and G the upstream gradient:
 #     out = M * (a @ b)    grad_a = (M * G) @ b.T       grad_b = a.T @ (M * G)
 #     out = (M * a) @ b    grad_a = M * (G @ b.T)       grad_b = (M.T * a.T) @ G
@@ -61,32 +68,85 @@ _BACKWARD = {
 _MASK_ARGUMENT = {"a": "a_relu_mask", "b": "b_relu_mask", "out": "out_relu_mask"}
 
 
-def _triton_product(a, b, relu: bool, mask, side: str | None, launch: dict) -> torch.Tensor:
+def _check_gemm(op, a, b, relu, a_relu_mask, b_relu_mask, out_relu_mask) -> None:
+    check_operands(op, a, b)
+    masks = {"a_relu_mask": (a_relu_mask, a.shape), "b_relu_mask": (b_relu_mask, b.shape),
+             "out_relu_mask": (out_relu_mask, (a.shape[0], b.shape[1]))}
+    given = [name for name, (mask, _) in masks.items() if mask is not None]
+    if len(given) + bool(relu) > 1:
+        raise ValueError(f"{op}: at most one of relu, a_relu_mask, b_relu_mask, out_relu_mask; got "
+                         f"{', '.join((['relu'] if relu else []) + given)}")
+    for name in given:
+        mask, shape = masks[name]
+        if not isinstance(mask, torch.Tensor) or mask.shape != shape or mask.device != a.device:
+            raise ValueError(f"{op}: {name} must be a tensor of shape {tuple(shape)} on {a.device}, got "
+                             f"{tuple(getattr(mask, 'shape', ()))} on {getattr(mask, 'device', None)}")
+
+
+def gemm_kernel(a, b, relu=False, a_relu_mask=None, b_relu_mask=None, out_relu_mask=None, *,
+                op: str = "gemm", launch: dispatch.Launch | None = None) -> torch.Tensor:
+    """The CPU and CUDA kernel of all three ops (`op` names the one called): check, choose the
+    backend, run it. With `launch`, from a caller that has checked, at those settings."""
+    if launch is None:
+        _check_gemm(op, a, b, relu, a_relu_mask, b_relu_mask, out_relu_mask)
+        launch = dispatch.launch_settings(a, gemm=True)
+    masks = {name: mask for name, mask in (("a_relu_mask", a_relu_mask), ("b_relu_mask", b_relu_mask),
+                                           ("out_relu_mask", out_relu_mask)) if mask is not None}
+    if launch.backend == "triton":
+        return dispatch.load_kernels().matmul(a, b, relu=relu, **masks, fp32_precision=launch.fp32_precision,
+                                              tuner=launch.tuner)
+    return matmul_reference(a, b, relu=relu, **masks)
+
+
+def _gemm_fake(a, b, relu=False, a_relu_mask=None, b_relu_mask=None, out_relu_mask=None, *,
+               op: str = "gemm") -> torch.Tensor:
+    _check_gemm(op, a, b, relu, a_relu_mask, b_relu_mask, out_relu_mask)
+    return a.new_empty((a.shape[0], b.shape[1]))
+
+
+def _product(a, b, relu: bool, mask, side: str | None, launch: dispatch.Launch | None, recorded: bool):
+    """The gated product, recorded by autograd (`recorded`) or not: at `launch`, straight to
+    the Function or the kernel; with `launch` None (a graph is being built) through the op,
+    whose kernel reads the settings when it runs."""
     gating = {} if side is None else {_MASK_ARGUMENT[side]: mask}
-    return dispatch.load_kernels().matmul(a, b, relu=relu, **gating, **launch)
+    if launch is None:
+        if recorded:
+            return torch.ops.fusedgrad.gemm(a, b, relu, **gating)
+        with torch._C._AutoDispatchBelowAutograd():
+            return torch.ops.fusedgrad.gemm(a, b, relu, **gating)
+    if recorded:
+        return GemmFunction.apply(a, b, relu, mask, side, launch)
+    return gemm_kernel(a, b, relu, **gating, launch=launch)
+
+
+def _launch_of(ctx, *tensors) -> dispatch.Launch | None:
+    """The forward's `Launch` for backward's and jvp's products, or None where they are being
+    traced (compiled autograd) although the forward ran eagerly."""
+    return ctx.launch if ctx.launch is not None and library.eager(*tensors) else None
 
 
 def _recorded() -> bool:
-    """Whether backward's and jvp's products must go through the Function again: under
-    create_graph or a torch.func transform (to be recorded, or batched by the vmap rule).
-    Otherwise they are plain launches, with no autograd bookkeeping around them."""
+    """Whether backward's and jvp's products must be recorded: under create_graph or a
+    torch.func transform (to be differentiated again, or batched by the vmap rule)."""
     return torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
 
 
-class TritonMatmulFunction(Function):
+class GemmFunction(Function):
     """relu(a @ b), a @ b, or a @ b with one of a, b and the product gated by relu'(mask)
-    (`side` "a", "b" or "out"), in Triton kernels forward and backward, at the `launch`
-    settings (fp32 precision, tuner) of the first forward, wherever backward runs."""
+    (`side` "a", "b" or "out"), forward and backward in `gemm_kernel`, at `launch` (the
+    forward's settings, so backward runs at them wherever it is called; None where a graph is
+    being built: the kernels then read the settings when they run)."""
 
     @staticmethod
     def forward(a: torch.Tensor, b: torch.Tensor, relu: bool, mask: torch.Tensor | None,
-                side: str | None, launch: dict) -> torch.Tensor:
-        return _triton_product(a, b, relu, mask, side, launch)
+                side: str | None, launch: dispatch.Launch | None) -> torch.Tensor:
+        return _product(a, b, relu, mask, side, launch, recorded=False)
 
     @staticmethod
     def setup_context(ctx, inputs, out):
         a, b, relu, mask, side, launch = inputs
-        ctx.side, ctx.launch = ("out" if relu else side), launch
+        ctx.side = "out" if relu else side
+        ctx.launch = launch
         # As torch.mm does: grad_a needs b, grad_b needs a, so a frozen b keeps no activation
         # a alive. relu's output doubles as its mask.
         needs_a, needs_b = ctx.needs_input_grad[:2]
@@ -100,8 +160,8 @@ class TritonMatmulFunction(Function):
         """out' = P(a', b) + P(a, b'), P the forward's gated product: the gate relu'(mask) is
         piecewise constant, so it passes tangents through unchanged (relu: the gate of out)."""
         a, b, mask = ctx.saved_tensors
-        product = TritonMatmulFunction.apply if _recorded() else _triton_product
-        terms = [product(x, y, False, mask, ctx.side, ctx.launch)
+        launch = _launch_of(ctx, a_tangent, b_tangent)
+        terms = [_product(x, y, False, mask, ctx.side, launch, _recorded())
                  for x, y in ((a_tangent, b), (a, b_tangent)) if x is not None and y is not None]
         return terms[0] + terms[1] if len(terms) == 2 else terms[0]
 
@@ -114,30 +174,53 @@ class TritonMatmulFunction(Function):
         if a_dim is not None and b_dim is None and (mask_dim is None or side in ("a", "out")):
             rows = a.movedim(a_dim, 0).shape[1]
             gate = rows_of(mask, mask_dim, info.batch_size) if side in ("a", "out") else mask
-            out = TritonMatmulFunction.apply(rows_of(a, a_dim, info.batch_size), b, relu, gate, side, launch)
+            out = GemmFunction.apply(rows_of(a, a_dim, info.batch_size), b, relu, gate, side, launch)
             return out.reshape(info.batch_size, rows, out.shape[1]), 0
-        return by_slices(TritonMatmulFunction, info.batch_size, in_dims, a, b, relu, mask, side, launch)
+        return by_slices(GemmFunction, info.batch_size, in_dims, a, b, relu, mask, side, launch)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         a, b, mask = ctx.saved_tensors
-        product = TritonMatmulFunction.apply if _recorded() else _triton_product
+        recorded, launch = _recorded(), _launch_of(ctx, grad_out)
         (side_a, transposed_a), (side_b, transposed_b) = _BACKWARD[ctx.side]
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_a = product(grad_out, b.T, False, mask.T if transposed_a else mask, side_a, ctx.launch)
+            grad_a = _product(grad_out, b.T, False, mask.T if transposed_a else mask, side_a, launch, recorded)
         if ctx.needs_input_grad[1]:
-            grad_b = product(a.T, grad_out, False, mask.T if transposed_b else mask, side_b, ctx.launch)
+            grad_b = _product(a.T, grad_out, False, mask.T if transposed_b else mask, side_b, launch, recorded)
         return grad_a, grad_b, None, None, None, None
 
 
+def _gemm_autograd(a, b, relu=False, a_relu_mask=None, b_relu_mask=None, out_relu_mask=None, *, op="gemm"):
+    _check_gemm(op, a, b, relu, a_relu_mask, b_relu_mask, out_relu_mask)  # before the Function reads a side
+    launch = dispatch.launch_settings(a, gemm=True) if library.eager(a, b) else None  # traced: read at run time
+    for side, mask in (("a", a_relu_mask), ("b", b_relu_mask), ("out", out_relu_mask)):
+        if mask is not None:
+            return GemmFunction.apply(a, b, False, mask, side, launch)
+    return GemmFunction.apply(a, b, relu, None, None, launch)
+
+
+def _define_product(op: str, relu: bool) -> None:
+    """`fusedgrad::<op>(a, b)`: `gemm` with its ReLU on or off and no mask."""
+    library.define(f"{op}(Tensor a, Tensor b) -> Tensor",
+                   lambda a, b: gemm_kernel(a, b, relu, op=op), lambda a, b: _gemm_fake(a, b, relu, op=op),
+                   lambda a, b: _gemm_autograd(a, b, relu, op=op), autocast_dtype=None)
+
+
+library.define("gemm(Tensor a, Tensor b, bool relu=False, Tensor? a_relu_mask=None, Tensor? b_relu_mask=None, "
+               "Tensor? out_relu_mask=None) -> Tensor", gemm_kernel, _gemm_fake, _gemm_autograd, autocast_dtype=None)
+_define_product("mm_relu", relu=True)
+_define_product("mm", relu=False)
+
+
 def _matmul(op: str, a: torch.Tensor, b: torch.Tensor, relu: bool) -> torch.Tensor:
+    if not library.eager(a, b):
+        return getattr(torch.ops.fusedgrad, op)(a, b)
     a, b = autocast(None, a, b)  # torch.mm's policy: lower precision under torch.autocast
     check_operands(op, a, b)
-    if dispatch.resolve(a, gemm=True) == "triton":
-        dispatch.load_kernels()  # before the tuner, which imports them too: a missing triton's clear error
-        launch = dict(fp32_precision=settings.kernel_fp32_precision(), tuner=settings.tuner())
-        return TritonMatmulFunction.apply(a, b, relu, None, None, launch)
+    launch = dispatch.launch_settings(a, gemm=True)
+    if launch.backend == "triton":
+        return GemmFunction.apply(a, b, relu, None, None, launch)
     return matmul_reference(a, b, relu=relu)
 
 

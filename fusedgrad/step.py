@@ -4,7 +4,8 @@
 
 `train_step` runs it without the autograd tape: on CUDA as five Triton GEMM launches with
 everything else in their epilogues (`fusedgrad.kernels.train_step`), elsewhere as
-`train_step_reference`, the same math in in-place ATen ops, which is also the test oracle.
+`train_step_reference`, the same math in in-place ATen ops, which is also the test oracle. The
+op is `fusedgrad::train_step_`, declared as writing w1 and w2.
 `CUDAGraphStep` captures the Triton step once and replays it as one graph launch.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from . import dispatch, settings
+from . import dispatch, library, settings
 from .checks import check_lr, check_operands
 
 
@@ -45,21 +46,41 @@ def train_step_reference(x, y, w1, w2, lr) -> torch.Tensor:
     return loss
 
 
+def _step_kernel(x, y, w1, w2, lr_tensor, lr):
+    """The CPU and CUDA kernel of `fusedgrad::train_step_`."""
+    lr = lr if lr_tensor is None else lr_tensor
+    _check(x, y, w1, w2, lr)
+    with torch.no_grad():
+        if dispatch.resolve(x) == "triton":
+            loss = dispatch.load_kernels().two_layer_sgd_step(x, y, w1, w2, lr, settings.kernel_fp32_precision(),
+                                                              settings.tuner())
+            library.bump_versions(w1, w2)
+            return loss
+        if torch._C._is_any_autocast_enabled():  # entering the block costs host time: only when it matters
+            with torch.autocast(x.device.type, enabled=False):
+                return train_step_reference(x, y, w1, w2, lr)
+        return train_step_reference(x, y, w1, w2, lr)
+
+
+def _step_fake(x, y, w1, w2, lr_tensor, lr):
+    _check(x, y, w1, w2, lr if lr_tensor is None else lr_tensor)
+    return x.new_empty(())
+
+
+library.define("train_step_(Tensor x, Tensor y, Tensor(a!) w1, Tensor(b!) w2, Tensor? lr_tensor, float lr) -> Tensor",
+               _step_kernel, _step_fake, mutating=True)
+
+
 def train_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
                lr: float | torch.Tensor) -> torch.Tensor:
     """One SGD step of `relu(x @ w1) @ w2` on `sum((y_pred - y)**2)`: updates w1 and w2 in place
-    and returns the step's loss (computed before the update) without a host sync. The loss is
-    a 0-d float32 tensor on the Triton backend, of x's dtype on ATen. The step computes in its
-    inputs' dtype, inside torch.autocast too: it updates the weights in place, in their dtype."""
-    _check(x, y, w1, w2, lr)
-    if dispatch.resolve(x) == "triton":
-        with torch.no_grad():
-            return dispatch.load_kernels().two_layer_sgd_step(x, y, w1, w2, lr, settings.kernel_fp32_precision(),
-                                                              settings.tuner())
-    if torch._C._is_any_autocast_enabled():  # entering the block costs host time: only when it matters
-        with torch.autocast(x.device.type, enabled=False):
-            return train_step_reference(x, y, w1, w2, lr)
-    return train_step_reference(x, y, w1, w2, lr)
+    and returns the step's loss (computed before the update, a 0-d tensor of x's dtype) without
+    a host sync. The step computes in its inputs' dtype, inside torch.autocast too: it updates
+    the weights in place, in their dtype. The op is `fusedgrad::train_step_`."""
+    lr_tensor, lr_number = (lr, 0.0) if isinstance(lr, torch.Tensor) else (None, lr)
+    if library.eager(x, y, w1, w2):
+        return _step_kernel(x, y, w1, w2, lr_tensor, lr_number)
+    return torch.ops.fusedgrad.train_step_(x, y, w1, w2, lr_tensor, lr_number)
 
 
 class CUDAGraphStep:

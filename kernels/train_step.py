@@ -22,7 +22,8 @@ def two_layer_sgd_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: t
                        lr: float | torch.Tensor, fp32_precision: str = "ieee",
                        tuner: tuning.Tuner | None = None) -> torch.Tensor:
     """Update w1 (D_in, H) and w2 (H, D_out) in place from x (N, D_in), y (N, D_out); return
-    the step's loss sum((relu(x @ w1) @ w2 - y)**2) before the update, as a 0-d fp32 tensor.
+    the step's loss sum((relu(x @ w1) @ w2 - y)**2) before the update, as a 0-d tensor of x's dtype
+    (added up in fp32).
     `fp32_precision` and `tuner` as in `gemm.launch`."""
     # check (shapes, dtypes and devices are checked by the caller, fusedgrad.step)
     batch, hidden, d_out = x.shape[0], w1.shape[1], w2.shape[1]
@@ -32,15 +33,15 @@ def two_layer_sgd_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: t
     grad_h = torch.empty((batch, hidden), dtype=x.dtype, device=x.device)
     # The loss GEMM keeps the heuristic's tiles: its partial sums are sized by their number.
     loss_config, programs = gemm.plan(batch, d_out, hidden, x.dtype, x.device)
-    partials = torch.empty(programs + 1, dtype=torch.float32, device=x.device)
-    loss = partials[programs]  # the last slot holds the sum of the others
+    partials = torch.empty(programs, dtype=torch.float32, device=x.device)
+    loss = torch.empty((), dtype=x.dtype, device=x.device)
     # launch
     settings = dict(fp32_precision=fp32_precision, tuner=tuner)
     gemm.launch(x, w1, h, epilogue="relu", **settings)
     gemm.launch(h, w2, grad_y, epilogue="squared_error", aux=y, partials=partials, scale=2.0,
                 config=loss_config, **settings)
     gemm.launch(grad_y, w2.T, grad_h, epilogue="relu_mask", aux=h,
-                reduce=partials[:programs], reduce_out=loss, **settings)
+                reduce=partials, reduce_out=loss, **settings)
     gemm.launch(h.T, grad_y, None, epilogue="sgd", aux=w2, lr=lr, **settings)
     gemm.launch(x.T, grad_h, None, epilogue="sgd", aux=w1, lr=lr, **settings)
     return loss

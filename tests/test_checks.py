@@ -68,6 +68,6 @@ BAD_INPUTS = {
 def test_bad_input_is_rejected_before_any_work(case, op, backend, monkeypatch):
     make, error, message = BAD_INPUTS[case]
     monkeypatch.setattr(torch, "mm", None)  # anything past validation would crash differently
-    monkeypatch.setattr(fusedgrad.matmul.TritonMatmulFunction, "apply", None)
+    monkeypatch.setattr(fusedgrad.matmul.GemmFunction, "apply", None)
     with fusedgrad.backend(backend), pytest.raises(error, match=message):
         op(*make())

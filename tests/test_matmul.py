@@ -311,7 +311,7 @@ def test_every_gated_product_is_twice_differentiable(side):
     a, b = leaves(device, 11, 17, 7)
     mask = torch.randn({"a": (11, 17), "b": (17, 7), "out": (11, 7)}[side], device=device)
     weight = torch.randn(11, 7, device=device)
-    launch = dict(fp32_precision="ieee", tuner=None)
+    launch = fusedgrad.dispatch.Launch("triton", "ieee")
 
     def gate(t, where, mask):
         return t * (mask > 0).to(t) if where == side else t
@@ -320,7 +320,7 @@ def test_every_gated_product_is_twice_differentiable(side):
         grad_a, grad_b = torch.autograd.grad((product(a, b, mask) * weight.to(a)).sum(), (a, b), create_graph=True)
         return grad_a.square().sum() + grad_b.square().sum()
 
-    triton = lambda a, b, mask: fusedgrad.matmul.TritonMatmulFunction.apply(a, b, False, mask, side, launch)
+    triton = lambda a, b, mask: fusedgrad.matmul.GemmFunction.apply(a, b, False, mask, side, launch)
     reference = lambda a, b, mask: gate(gate(a, "a", mask) @ gate(b, "b", mask), "out", mask)
     penalized(a, b, triton, mask).backward()
     a64, b64 = float64_leaves(a, b)
