@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print("compile_check.py compiles kernels: unset TRITON_INTERPRET", file=sys.stderr)
         return 2
     import torch
+    import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile as triton_compile
 
@@ -149,10 +150,13 @@ def main(argv: list[str] | None = None) -> int:
             with open(os.path.join(args.dump_ptx, re.sub(r"[^\w.=-]+", "_", name) + ".ptx"), "w") as file:
                 file.write(normalized_ptx(compiled.asm["ptx"]))
 
+    def accumulator(dtype):
+        return "fp64" if dtype == "fp64" else "fp32"
+
     def gemm_types(dtype):
         def types(name):
             if name in ("partials_ptr", "reduce_ptr", "reduce_out_ptr", "lr_ptr", "workspace_ptr"):
-                return "*fp32"
+                return f"*{accumulator(dtype)}"
             if name == "counter_ptr":
                 return "*i32"
             if name.endswith("_ptr"):
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         return types
 
     def gemm_constexprs(epilogue, mask_operand, precision, block_m, block_n, block_k, split_k=1,
-                        tma=False, a_t=False, b_t=False, persistent=False, gate_t=False, reduce=None):
+                        tma=False, a_t=False, b_t=False, persistent=False, gate_t=False, reduce=None, dtype="fp32"):
         """The meta-parameters of a launch as fusedgrad makes it, and None for the pointers it
         does not pass: the fused step's ReLU-mask GEMM folds the loss partials (`reduce`, by
         default for "relu_mask"), its SGD GEMMs read the rate from a tensor."""
@@ -174,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         return dict({name: None for name, there in present.items() if not there},
                     MASK_OPERAND=mask_operand, EPILOGUE=epilogue, INPUT_PRECISION=precision,
                     BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=split_k,
-                    TMA=tma, A_STORED_T=a_t, B_STORED_T=b_t, GATE_STORED_T=gate_t, PERSISTENT=persistent)
+                    TMA=tma, A_STORED_T=a_t, B_STORED_T=b_t, GATE_STORED_T=gate_t, PERSISTENT=persistent,
+                    ACC_DTYPE=tl.float64 if dtype == "fp64" else tl.float32)
 
     def tma_types(dtype, constexprs):
         """Pointer types, but a, b and the gate as tensor descriptors of their storage blocks."""
@@ -192,42 +197,51 @@ def main(argv: list[str] | None = None) -> int:
             return pointers(name)
         return types
 
-    for dtype, precision in (("fp32", "ieee"), ("fp32", "tf32"), ("bf16", None), ("fp16", None)):
+    for dtype, precision in (("fp32", "ieee"), ("fp32", "tf32"), ("bf16", None), ("fp16", None), ("fp64", None)):
         types = gemm_types(dtype)
-        block_k = 32 if dtype == "fp32" else 64
+        block_k = {"fp32": 32, "fp64": 16}.get(dtype, 64)
+        tensor_cores = dtype in ("bf16", "fp16")
         # The (epilogue, masked operand) pairs fusedgrad launches, on a small tile and a large one.
         used = [("none", gemm.NO_MASK), ("relu", gemm.NO_MASK), ("none", gemm.MASK_A), ("none", gemm.MASK_B),
                 ("relu_mask", gemm.NO_MASK), ("squared_error", gemm.NO_MASK), ("sgd", gemm.NO_MASK)]
+        # (fp64, a checking path, gets one large tile: it fits in shared memory.)
         for index, (epilogue, mask_operand) in enumerate(used):
-            block_m = block_n = 128 if index % 2 else 16
-            wgmma = "wgmma" if dtype != "fp32" and block_m == 128 else None
+            block_m = block_n = 128 if index % 2 and (dtype != "fp64" or index == 1) else 16
+            wgmma = "wgmma" if tensor_cores and block_m == 128 else None
             check(f"gemm {dtype}/{precision} {epilogue} mask={mask_operand} {block_m}x{block_n}",
-                  gemm._matmul_kernel, gemm_constexprs(epilogue, mask_operand, precision, block_m, block_n, block_k),
+                  gemm._matmul_kernel, gemm_constexprs(epilogue, mask_operand, precision, block_m, block_n, block_k,
+                                                       dtype=dtype),
                   types, wgmma)
         # The autograd ops' gated product (the product masked by relu'(aux), no loss to fold),
         # which their double backward launches.
-        for block in (16, 128):
+        for block in (16,) if dtype == "fp64" else (16, 128):
             check(f"gemm {dtype}/{precision} relu_mask mask=0 {block}x{block} autograd (no reduce)",
                   gemm._matmul_kernel, gemm_constexprs("relu_mask", gemm.NO_MASK, precision, block, block, block_k,
-                                                       reduce=False),
-                  types, "wgmma" if dtype != "fp32" and block == 128 else None)
+                                                       reduce=False, dtype=dtype),
+                  types, "wgmma" if tensor_cores and block == 128 else None)
         # Split-K (partial tiles, an acq_rel tile counter, the epilogue in the last program).
         for epilogue, mask_operand in (("relu", gemm.NO_MASK), ("none", gemm.MASK_B), ("sgd", gemm.NO_MASK)):
             check(f"gemm {dtype}/{precision} {epilogue} mask={mask_operand} 16x16 split-K 4",
-                  gemm._matmul_kernel, gemm_constexprs(epilogue, mask_operand, precision, 16, 16, 64, 4),
+                  gemm._matmul_kernel, gemm_constexprs(epilogue, mask_operand, precision, 16, 16, 64, 4, dtype=dtype),
                   types, "atom.global.gpu.acq_rel")
         # SGD over the tutorial's two parameters (tuples of two pointers, three block starts),
         # and over a full launch of MAX_TENSORS.
-        for tensors in (2, sgd.MAX_TENSORS):
-            sgd_types = {"params": (f"*{dtype}",) * tensors, "grads": (f"*{dtype}",) * tensors, "lr_ptr": "*fp32",
+        for tensors in (2,) if dtype == "fp64" else (2, sgd.MAX_TENSORS):
+            sgd_types = {"params": (f"*{dtype}",) * tensors, "grads": (f"*{dtype}",) * tensors,
+                         "lr_ptr": f"*{accumulator(dtype)}",
                          "block_starts": ("i32",) * (tensors + 1), "numels": ("i32",) * tensors, "lr": "fp32"}
             for lr_from_ptr in (True, False):
                 check(f"sgd {dtype} {tensors} tensors, lr from {'a tensor' if lr_from_ptr else 'a float'}",
-                      sgd._sgd_kernel, dict(BLOCK=sgd.BLOCK, **({} if lr_from_ptr else {"lr_ptr": None})),
+                      sgd._sgd_kernel, dict(BLOCK=sgd.BLOCK, ACC_DTYPE=tl.float64 if dtype == "fp64" else tl.float32,
+                                            **({} if lr_from_ptr else {"lr_ptr": None})),
                       sgd_types.__getitem__)
-        check(f"squared error {dtype}", mse_loss._squared_error_kernel, dict(BLOCK=mse_loss.BLOCK),
-              lambda n, d=dtype: f"*{d}" if n.endswith("_ptr") and n != "out_ptr" else
-              ("*fp32" if n == "out_ptr" else "fp32" if n.startswith("scale") else "i32"))
+        for single_program in (True, False):  # out: the loss (input's dtype), or partials (the accumulator's)
+            out = f"*{dtype}" if single_program else f"*{accumulator(dtype)}"
+            check(f"squared error {dtype} {'one program' if single_program else 'partials'}",
+                  mse_loss._squared_error_kernel,
+                  dict(BLOCK=mse_loss.BLOCK, ACC_DTYPE=tl.float64 if dtype == "fp64" else tl.float32),
+                  lambda n, d=dtype, out=out: f"*{d}" if n.endswith("_ptr") and n != "out_ptr" else
+                  (out if n == "out_ptr" else "fp32" if n.startswith("scale") else "i32"))
     # grad_b launched transposed (`gemm.matmul` with b_relu_mask): grad_out.T gated as A (A and its
     # gate column-major, B row-major), C written transposed. The reason for the transpose: wgmma
     # takes the gated A from registers and stays in flight (a wait with pendings > 0); a gated B

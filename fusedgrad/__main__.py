@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from .kernels.precision import DTYPES, KERNEL_DTYPES
+from .kernels.precision import DTYPES
 from .settings import BACKENDS, use_triton_interpreter
 from .train import MODES, TrainConfig, describe_environment, resolve_device, resolve_mode, train
 
@@ -85,8 +85,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     except ValueError as error:
         parser.error(f"--cuda-graph: {error}")
     if config.backend == "triton" and not config.reference:
-        if DTYPES[config.dtype] not in KERNEL_DTYPES:
-            parser.error(f"--backend triton takes float32, float16 or bfloat16, not {config.dtype}")
         if device.type == "cpu":
             use_triton_interpreter()  # Triton kernels on CPU tensors run interpreted
     return config, args

@@ -1,9 +1,9 @@
 """Backend selection: which implementation runs an op on a tensor.
 
-    "auto"    Triton for CUDA tensors of a dtype the kernels take (`kernels.precision.KERNEL_DTYPES`),
+    "auto"    Triton for CUDA tensors of float16, bfloat16 and float32 (`kernels.precision.AUTO_DTYPES`),
               ATen for everything else (CPU tensors, float64); and ATen (cuBLAS) for `mm` and
               `mm_relu` where ATen computes the same product (see `resolve`)
-    "triton"  Triton always; CPU tensors need Triton's interpreter (TRITON_INTERPRET=1)
+    "triton"  Triton always, float64 included; CPU tensors need Triton's interpreter (TRITON_INTERPRET=1)
     "aten"    ATen always
 
 The name in force is `settings.current_backend()`. Nothing here imports triton or touches
@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from . import settings
-from .kernels.precision import KERNEL_DTYPES
+from .kernels.precision import AUTO_DTYPES, KERNEL_DTYPES
 
 
 def load_kernels():
@@ -47,13 +47,13 @@ def resolve(tensor: torch.Tensor, *, gemm: bool = False) -> str:
     if name == "aten":
         return "aten"
     if name == "auto":
-        if not tensor.is_cuda or tensor.dtype not in KERNEL_DTYPES:
+        if not tensor.is_cuda or tensor.dtype not in AUTO_DTYPES:
             return "aten"
         same_as_aten = (gemm and tensor.dtype == torch.float32 and settings.kernel_fp32_precision() == "ieee"
                         and settings.torch_fp32_precision() == "ieee")
         return "aten" if same_as_aten else "triton"
     if tensor.dtype not in KERNEL_DTYPES:
-        raise TypeError(f"backend 'triton': the Triton kernels take float16, bfloat16 and float32, "
+        raise TypeError(f"backend 'triton': the Triton kernels take float16, bfloat16, float32 and float64, "
                         f"got {tensor.dtype}; use backend 'aten' or 'auto' for it")
     if not tensor.is_cuda and not load_kernels().INTERPRETED:
         raise RuntimeError(f"backend 'triton' needs CUDA tensors, or Triton's interpreter for "

@@ -51,8 +51,8 @@ import triton.language as tl
 
 from . import tuning
 from .config import GemmConfig, Variant
-from .precision import KERNEL_DTYPES, check_fp32_precision, dot_precision
-from .reduce import sum_in_fixed_order
+from .precision import KERNEL_DTYPES, accumulator_dtype, check_fp32_precision, dot_precision
+from .reduce import accumulator, sum_in_fixed_order
 from .sgd import learning_rate
 
 # Which operand, if any, is multiplied by relu'(gate) as it is loaded.
@@ -93,11 +93,11 @@ def _matmul_kernel(
     c_ptr,          # (M, N) output; None for the "sgd" epilogue, which writes aux in place
     gate_ptr,       # MASK_OPERAND: ReLU output shaped like the gated operand
     aux_ptr,        # EPILOGUE: C-shaped; ReLU output (relu_mask), target (squared_error), parameter (sgd)
-    partials_ptr,   # squared_error: one fp32 partial sum per output tile
+    partials_ptr,   # squared_error: one partial sum per output tile (in ACC_DTYPE)
     reduce_ptr,     # partial sums of an earlier launch, which program 0 folds into reduce_out_ptr
     reduce_out_ptr,
     lr_ptr,         # sgd: the learning rate as a 0-d tensor; None: the scalar `lr`
-    workspace_ptr,  # SPLIT_K > 1: fp32 partial tiles, (SPLIT_K, programs, BLOCK_M * BLOCK_N)
+    workspace_ptr,  # SPLIT_K > 1: partial tiles in ACC_DTYPE, (SPLIT_K, programs, BLOCK_M * BLOCK_N)
     counter_ptr,    # SPLIT_K > 1: int32 per tile, 0 before the launch
     # sizes
     M, N, K, num_reduce,
@@ -124,6 +124,7 @@ def _matmul_kernel(
     # descriptors describe the transposed operand (its storage is column-major)
     PERSISTENT: tl.constexpr,      # a resident grid (about one program per multiprocessor) walks
     # the tiles, stepping by the grid size; SPLIT_K must be 1
+    ACC_DTYPE: tl.constexpr,       # `reduce.accumulator` of the inputs' dtype: fp64 for fp64, else fp32
 ):
     tl.static_assert(not PERSISTENT or SPLIT_K == 1, "a persistent launch takes SPLIT_K 1")
     # A persistent program computes tiles program_id, program_id + num_programs, ...; any
@@ -155,7 +156,7 @@ def _matmul_kernel(
         cols_n = offs_n.to(tl.int64)[None, :]
         in_c = (offs_m[:, None] < M) & (offs_n[None, :] < N)
 
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
         for k0 in range(k_begin, k_end, BLOCK_K):
             if TMA:
                 # Hopper's tensor memory accelerator copies whole blocks, bounds-checked and
@@ -198,7 +199,7 @@ def _matmul_kernel(
             tl.debug_barrier()  # every thread's partial is written before the counter moves
             finish = tl.atomic_add(counter_ptr + tile, 1, sem="acq_rel") == SPLIT_K - 1
             if finish:
-                acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
                 for k_slice in range(0, SPLIT_K):
                     acc += tl.load(tile_ws + k_slice * slice_stride, cache_modifier=".cg")
 
@@ -212,14 +213,14 @@ def _matmul_kernel(
                 acc = tl.where(tl.load(aux_ptrs, mask=in_c, other=0.0) <= 0, 0.0, acc)
             if EPILOGUE == "squared_error":
                 # d = prediction - target; this tile's sum of d**2, and C = scale * d (the gradient).
-                diff = tl.where(in_c, acc - tl.load(aux_ptrs, mask=in_c, other=0.0).to(tl.float32), 0.0)
+                diff = tl.where(in_c, acc - tl.load(aux_ptrs, mask=in_c, other=0.0).to(ACC_DTYPE), 0.0)
                 tl.store(partials_ptr + tile, tl.sum(tl.sum(diff * diff, axis=1), axis=0))
                 acc = scale * diff
             if EPILOGUE == "sgd":
                 # The parameter takes the step in place: w = w - lr * (a @ b); no gradient is stored.
                 rate = learning_rate(lr_ptr, lr)
                 param = tl.load(aux_ptrs, mask=in_c, other=0.0)
-                tl.store(aux_ptrs, (param.to(tl.float32) - rate * acc).to(param.dtype), mask=in_c)
+                tl.store(aux_ptrs, (param.to(ACC_DTYPE) - rate * acc).to(param.dtype), mask=in_c)
             else:
                 tl.store(c_ptr + rows_m * stride_cm + cols_n * stride_cn, acc.to(c_ptr.dtype.element_ty), mask=in_c)
 
@@ -324,13 +325,14 @@ def _grid(config: GemmConfig, M: int, N: int, device: torch.device) -> tuple[tup
     return (programs, config.SPLIT_K), tiles
 
 
-def _split_k_scratch(config: GemmConfig, tiles: int, device: torch.device):
+def _split_k_scratch(config: GemmConfig, tiles: int, dtype: torch.dtype, device: torch.device):
     """(partial tiles, tile counters) for SPLIT_K > 1, else (None, None). Fresh per launch (one
     memset): a counter shared between launches, streams or captured graphs could be left off
     step by one of them and then fail silently."""
     if config.SPLIT_K == 1:
         return None, None
-    workspace = torch.empty(config.SPLIT_K * tiles * config.BLOCK_M * config.BLOCK_N, dtype=torch.float32, device=device)
+    workspace = torch.empty(config.SPLIT_K * tiles * config.BLOCK_M * config.BLOCK_N, dtype=accumulator_dtype(dtype),
+                            device=device)
     return workspace, torch.zeros(tiles, dtype=torch.int32, device=device)
 
 
@@ -343,7 +345,7 @@ def _enqueue(args: GemmArgs, config: GemmConfig) -> None:
     (M, K), N = args.a.shape, args.b.shape[1]
     grid, tiles = _grid(config, M, N, args.a.device)
     a, b, gate, tma, stored_t = _operands(args, config)
-    workspace, counters = _split_k_scratch(config, tiles, args.a.device)
+    workspace, counters = _split_k_scratch(config, tiles, args.a.dtype, args.a.device)
     lr_ptr = args.lr if isinstance(args.lr, torch.Tensor) else None
     # One stride() call per tensor: this runs on every launch, and host time is the bound at
     # small sizes.
@@ -363,6 +365,7 @@ def _enqueue(args: GemmArgs, config: GemmConfig) -> None:
         MASK_OPERAND=args.mask_operand,
         EPILOGUE=args.epilogue,
         INPUT_PRECISION=args.input_precision,
+        ACC_DTYPE=accumulator(args.a.dtype),
         **stored_t,
         **meta,
     )

@@ -17,7 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .reduce import sum_partials
+from .precision import accumulator_dtype
+from .reduce import accumulator, sum_partials
 from .tuning import cdiv
 
 SINGLE_PROGRAM_MAX = 1 << 16  # up to this many elements, one program does everything
@@ -35,15 +36,16 @@ def _squared_error_kernel(
     scale_grad, scale_loss,
     # meta-parameters
     BLOCK: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,  # `reduce.accumulator` of the inputs' dtype
 ):
     pid = tl.program_id(0)
     start = pid.to(tl.int64) * chunk
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK,), dtype=ACC_DTYPE)
     for offset in range(0, chunk, BLOCK):
         offs = start + offset + tl.arange(0, BLOCK)
         inside = offs < n
-        diff = (tl.load(input_ptr + offs, mask=inside, other=0.0).to(tl.float32)
-                - tl.load(target_ptr + offs, mask=inside, other=0.0).to(tl.float32))
+        diff = (tl.load(input_ptr + offs, mask=inside, other=0.0).to(ACC_DTYPE)
+                - tl.load(target_ptr + offs, mask=inside, other=0.0).to(ACC_DTYPE))
         acc += diff * diff
         tl.store(grad_ptr + offs, (scale_grad * diff).to(grad_ptr.dtype.element_ty), mask=inside)
     tl.store(out_ptr + pid, (tl.sum(acc, axis=0) * scale_loss).to(out_ptr.dtype.element_ty))
@@ -64,13 +66,13 @@ def mse_loss_and_grad(input: torch.Tensor, target: torch.Tensor, mean: bool) -> 
     # launch
     if n <= SINGLE_PROGRAM_MAX:
         _squared_error_kernel[(1,)](flat_input, flat_target, grad, loss, n, max(n, 1),
-                                    2.0 * scale_loss, scale_loss, BLOCK=BLOCK)
+                                    2.0 * scale_loss, scale_loss, BLOCK=BLOCK, ACC_DTYPE=accumulator(input.dtype))
         if mean and n == 0:
             loss.fill_(float("nan"))  # torch: the mean of nothing is NaN
         return loss, grad
     programs = cdiv(n, CHUNK)
-    partials = torch.empty(programs, dtype=torch.float32, device=input.device)
+    partials = torch.empty(programs, dtype=accumulator_dtype(input.dtype), device=input.device)
     _squared_error_kernel[(programs,)](flat_input, flat_target, grad, partials, n, CHUNK,
-                                       2.0 * scale_loss, 1.0, BLOCK=BLOCK)
+                                       2.0 * scale_loss, 1.0, BLOCK=BLOCK, ACC_DTYPE=accumulator(input.dtype))
     sum_partials(partials, loss, scale_loss)
     return loss, grad

@@ -18,8 +18,11 @@ import torch
 
 # What fusedgrad's ops take, by the name torch gives the dtype.
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
-# What the Triton kernels take.
-KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# What the Triton kernels take (float64 multiplies and accumulates in IEEE float64).
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# What backend "auto" runs on Triton: float64 stays on ATen (cuBLAS's DGEMM, which the kernels'
+# float64 path is not tuned to match; it exists for exact float64 checks of the Triton ops).
+AUTO_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # How a float32 product multiplies (tl.dot's input_precision names; the kernels' fp32_precision).
 DOT_PRECISIONS = ("ieee", "tf32", "tf32x3")
@@ -31,6 +34,12 @@ PRECISIONS = {
     "bf16": (torch.bfloat16, None),
     "fp16": (torch.float16, None),
 }
+
+
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums and products of `dtype` elements are carried in: float64 for float64,
+    float32 for the rest (16-bit inputs accumulate in float32)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_fp32_precision(name: object, where: str) -> str:
@@ -50,6 +59,8 @@ def precision_name(dtype: torch.dtype, fp32_precision: str | None) -> str:
     """The PRECISIONS name of a product of `dtype` inputs at `fp32_precision` (float32 only)."""
     if dtype == torch.float32:
         return check_fp32_precision(fp32_precision, "precision_name")
+    if dtype == torch.float64:
+        return "fp64"
     for name, (named_dtype, _) in PRECISIONS.items():
         if named_dtype == dtype:
             return name

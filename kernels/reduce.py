@@ -5,17 +5,26 @@ by the sizes and block shapes alone (no atomics): blocks write partial sums, and
 adds the partials up in index order. The same inputs give bitwise the same loss every run.
 """
 
+import torch
 import triton
 import triton.language as tl
+
+from .precision import accumulator_dtype
+
+
+def accumulator(dtype: torch.dtype):
+    """The Triton type that sums and products of `dtype` elements are carried in: float64 for
+    float64, float32 for the rest (16-bit inputs accumulate in float32)."""
+    return tl.float64 if accumulator_dtype(dtype) == torch.float64 else tl.float32
 
 
 @triton.jit
 def sum_in_fixed_order(ptr, n, BLOCK: tl.constexpr):
-    """fp32 sum of ptr[0:n], read BLOCK at a time in index order."""
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    """Sum of ptr[0:n] (partial sums, in their accumulator type), read BLOCK at a time in index order."""
+    acc = tl.zeros((BLOCK,), dtype=ptr.dtype.element_ty)
     for start in range(0, n, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        acc += tl.load(ptr + offs, mask=offs < n, other=0.0).to(tl.float32)
+        acc += tl.load(ptr + offs, mask=offs < n, other=0.0)
     return tl.sum(acc, axis=0)
 
 

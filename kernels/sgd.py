@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .reduce import accumulator
 from .tuning import cdiv
 
 BLOCK = 4096
@@ -28,10 +29,10 @@ MAX_TENSORS = 16  # per launch: 16 parameters and 16 gradients stay well inside 
 
 @triton.jit
 def learning_rate(lr_ptr, lr):
-    """The rate of an update, as fp32: read from the 0-d tensor at lr_ptr (a value a captured
-    CUDA graph sees change between replays), or the scalar `lr` when lr_ptr is None."""
+    """The rate of an update: read from the 0-d tensor at lr_ptr (a value a captured CUDA graph
+    sees change between replays), in its own dtype, or the fp32 scalar `lr` when lr_ptr is None."""
     if lr_ptr is not None:
-        rate = tl.load(lr_ptr).to(tl.float32)
+        rate = tl.load(lr_ptr)
     else:
         rate = lr
     return rate
@@ -49,6 +50,7 @@ def _sgd_kernel(
     lr,
     # meta-parameters
     BLOCK: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,  # `reduce.accumulator` of the parameters' dtype
 ):
     pid = tl.program_id(0)
     step = learning_rate(lr_ptr, lr)
@@ -57,8 +59,16 @@ def _sgd_kernel(
             offs = (pid - block_starts[i]).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
             inside = offs < numels[i]
             param = tl.load(params[i] + offs, mask=inside)
-            grad = tl.load(grads[i] + offs, mask=inside).to(tl.float32)
-            tl.store(params[i] + offs, (param.to(tl.float32) - step * grad).to(param.dtype), mask=inside)
+            grad = tl.load(grads[i] + offs, mask=inside).to(ACC_DTYPE)
+            tl.store(params[i] + offs, (param.to(ACC_DTYPE) - step * grad).to(param.dtype), mask=inside)
+
+
+def rate_argument(lr: float | torch.Tensor, dtype: torch.dtype, device: torch.device) -> float | torch.Tensor:
+    """`lr` as a launch passes it: a float travels as an fp32 kernel scalar, which would round
+    a float64 update's rate, so for float64 parameters it becomes a 0-d float64 tensor."""
+    if dtype == torch.float64 and not isinstance(lr, torch.Tensor):
+        return torch.tensor(lr, dtype=torch.float64, device=device)
+    return lr
 
 
 def sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], lr: float | torch.Tensor) -> None:
@@ -70,7 +80,9 @@ def sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], lr: float | 
                 or param.dtype != grad.dtype or param.dtype != params[0].dtype:
             raise ValueError(f"sgd: parameter {tuple(param.shape)} {param.dtype} and gradient "
                              f"{tuple(grad.shape)} {grad.dtype} must be contiguous and alike")
-    # launch (nothing to allocate)
+    # launch (nothing to allocate, but an exact float64 rate)
+    if params:
+        lr = rate_argument(lr, params[0].dtype, params[0].device)
     lr_ptr = lr if isinstance(lr, torch.Tensor) else None
     for first in range(0, len(params), MAX_TENSORS):
         chunk = tuple(params[first:first + MAX_TENSORS])
@@ -86,4 +98,5 @@ def sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], lr: float | 
             tuple(block_starts), numels,
             0.0 if lr_ptr is not None else float(lr),
             BLOCK=BLOCK,
+            ACC_DTYPE=accumulator(params[0].dtype),
         )

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from . import gemm, tuning
+from . import gemm, sgd, tuning
+from .precision import accumulator_dtype
 
 
 def two_layer_sgd_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
@@ -23,7 +24,7 @@ def two_layer_sgd_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: t
                        tuner: tuning.Tuner | None = None) -> torch.Tensor:
     """Update w1 (D_in, H) and w2 (H, D_out) in place from x (N, D_in), y (N, D_out); return
     the step's loss sum((relu(x @ w1) @ w2 - y)**2) before the update, as a 0-d tensor of x's dtype
-    (added up in fp32).
+    (added up in `precision.accumulator_dtype`).
     `fp32_precision` and `tuner` as in `gemm.launch`."""
     # check (shapes, dtypes and devices are checked by the caller, fusedgrad.step)
     batch, hidden, d_out = x.shape[0], w1.shape[1], w2.shape[1]
@@ -33,8 +34,9 @@ def two_layer_sgd_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: t
     grad_h = torch.empty((batch, hidden), dtype=x.dtype, device=x.device)
     # The loss GEMM keeps the heuristic's tiles: its partial sums are sized by their number.
     loss_config, programs = gemm.plan(batch, d_out, hidden, x.dtype, x.device)
-    partials = torch.empty(programs, dtype=torch.float32, device=x.device)
+    partials = torch.empty(programs, dtype=accumulator_dtype(x.dtype), device=x.device)
     loss = torch.empty((), dtype=x.dtype, device=x.device)
+    lr = sgd.rate_argument(lr, x.dtype, x.device)
     # launch
     settings = dict(fp32_precision=fp32_precision, tuner=tuner)
     gemm.launch(x, w1, h, epilogue="relu", **settings)

@@ -112,9 +112,11 @@ def tma_suits(a: torch.Tensor, b: torch.Tensor, input_precision: str | None) -> 
     operands K-major, and a TMA block lands in its storage layout, so only A row-major with B
     column-major keeps wgmma in flight; any other layout adds a register round trip and a wait
     every K step. IEEE fp32 dots run on the FMA units, where TMA saves nothing and its tiles
-    spill (bench/NOTES.md v5e): no."""
-    if a.dtype != torch.float32:
+    spill (bench/NOTES.md v5e): no. float64 dots are not tensor-core wgmma either: no."""
+    if a.dtype in (torch.float16, torch.bfloat16):
         return True
+    if a.dtype == torch.float64:
+        return False
     return input_precision != "ieee" and a.stride(1) == 1 and b.stride(0) == 1
 
 
@@ -132,13 +134,14 @@ def bucket(size: int) -> int:
 @functools.lru_cache(maxsize=4096)  # it runs on every launch
 def heuristic(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int) -> GemmConfig:
     """The largest tile that still gives each of `num_sms` multiprocessors a program, else the
-    smallest; BLOCK_K 64 for small tiles and 16-bit inputs, 32 for large fp32 tiles; up to
+    smallest; BLOCK_K 64 for small tiles and 16-bit inputs, 32 for large fp32 tiles, 16 for
+    fp64 (eight-byte elements: a 32-wide fp32 tile's shared memory); up to
     three pipeline stages, no more than there are K steps."""
     for block_m, block_n in HEURISTIC_TILES:
         if cdiv(M, block_m) * cdiv(N, block_n) >= num_sms:
             break
     small = block_m * block_n <= 32 * 64
-    block_k = 64 if small or dtype != torch.float32 else 32
+    block_k = 16 if dtype == torch.float64 else 64 if small or dtype != torch.float32 else 32
     num_warps = 4 if block_m * block_n <= 64 * 64 else 8
     # Pipelining needs K steps to overlap; with one step it only holds registers (a masked
     # operand is prefetched into registers, several times the unpipelined count).
@@ -163,12 +166,12 @@ def candidates(M: int, N: int, K: int, dtype: torch.dtype, input_precision: str 
     steps each (a long-K skinny product then fills the GPU)."""
     first = heuristic(M, N, K, dtype, num_sms)
     name = precision_name(dtype, input_precision)
-    large = [config for config in _tiles(LARGE_TILES[name])
+    large = [config for config in _tiles(LARGE_TILES.get(name, ()))  # none for fp64: the heuristic's
              if config.BLOCK_M <= bucket(M) and config.BLOCK_N <= bucket(N) and config.BLOCK_K <= bucket(K)]
     found = [first, *large]
     if tma and name != "ieee":  # FMA dots: see `tma_suits`
         found += [config.replace(TMA=True) for config in large[:TMA_TWINS]]
-        found += [config for config in _tiles(PERSISTENT_TILES[name], TMA=True, PERSISTENT=True)
+        found += [config for config in _tiles(PERSISTENT_TILES.get(name, ()), TMA=True, PERSISTENT=True)
                   if cdiv(M, config.BLOCK_M) * cdiv(N, config.BLOCK_N) > num_sms and config.BLOCK_K <= bucket(K)]
     tiles = cdiv(M, first.BLOCK_M) * cdiv(N, first.BLOCK_N)
     k_steps = cdiv(K, first.BLOCK_K)

@@ -242,3 +242,31 @@ def test_autocast_through_the_dispatcher(backend):
         expected = torch.relu(torch.mm(a, b))
     assert out.dtype == expected.dtype == dtype and loss.dtype == torch.float32
     assert_close(out, torch.relu(a.double() @ b.double()), "float16" if dtype == torch.float16 else "bfloat16")
+
+
+def float64_cases(device):
+    """(name, function, inputs) in float64: each op differentiated in every argument it has a
+    gradient for (a mask gets none: relu' is piecewise constant)."""
+    a, b = (torch.randn(3, 4, device=device, dtype=torch.float64, requires_grad=True),
+            torch.randn(4, 2, device=device, dtype=torch.float64, requires_grad=True))
+    masks = {"a_relu_mask": (3, 4), "b_relu_mask": (4, 2), "out_relu_mask": (3, 2)}
+    target = torch.randn(3, 2, device=device, dtype=torch.float64, requires_grad=True)
+    gemm = torch.ops.fusedgrad.gemm
+    return [("mm_relu", fusedgrad.mm_relu, (a, b)), ("mm", fusedgrad.mm, (a, b)),
+            *[(name, lambda a, b, m=torch.randn(shape, device=device, dtype=torch.float64), name=name:
+               gemm(a, b, **{name: m}), (a, b)) for name, shape in masks.items()],
+            *[(f"mse_loss {r}", lambda p, t, r=r: fusedgrad.mse_loss(p, t, reduction=r), (a @ b, target))
+              for r in ("mean", "sum")]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float64_gradcheck_and_gradgradcheck(backend, monkeypatch):
+    """torch's own float64 checks of first and second derivatives (fast mode: a random
+    projection of the Jacobian), on the Triton kernels themselves (their float64 path) as on ATen."""
+    launches = count_launches(monkeypatch)
+    with fusedgrad.backend(backend):
+        for name, function, inputs in float64_cases(BACKENDS[backend]):
+            inputs = tuple(t.detach().requires_grad_() for t in inputs)
+            assert torch.autograd.gradcheck(function, inputs, fast_mode=True), name
+            assert torch.autograd.gradgradcheck(function, inputs, fast_mode=True), name
+    assert (len(launches) > 0) == (backend == "triton")
