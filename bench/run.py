@@ -11,6 +11,9 @@ Variants, all doing the same math at the same precision from the same initial we
     eager                     the tutorial's loop in plain PyTorch (autograd, `w -= lr * w.grad`)
     compile / compile-max-autotune / compile-reduce-overhead
                               torch.compile of the loss (forward + AOT backward) and the update
+    fusedgrad-compile / fusedgrad-compile-reduce-overhead
+                              the same with the loss written in fusedgrad's ops (mm_relu, mm,
+                              mse_loss: operators in the compiled graph), backend in force
     fusedgrad-autograd        mm_relu, mm, mse_loss and optim.SGD under autograd, backend "auto"
                               (its GEMMs run on ATen at "ieee": the row says so)
     fusedgrad-autograd-triton the same on backend "triton"; run only where "auto" differs (ieee)
@@ -52,7 +55,7 @@ from fusedgrad import dispatch
 from fusedgrad.train import describe_backend, make_step
 
 VARIANTS = ("eager", "compile", "compile-max-autotune", "compile-reduce-overhead",
-            "fusedgrad-autograd", "fusedgrad-autograd-triton", "fusedgrad-step", "fusedgrad-step-graph")
+            "fusedgrad-compile", "fusedgrad-compile-reduce-overhead", "fusedgrad-autograd", "fusedgrad-autograd-triton", "fusedgrad-step", "fusedgrad-step-graph")
 PRECISIONS = ("ieee", "tf32", "bf16")
 TOLERANCE = common.WEIGHTS_VS_EAGER
 TUTORIAL = common.TUTORIAL
@@ -96,12 +99,21 @@ def learning_rate(case: Case, lr: float) -> float:
     return lr * (1024 / max(case.batch, case.d_in, case.hidden, case.d_out)) ** 2
 
 
-def compiled_step(mode: str | None, x, y, w1, w2, lr: float):
-    """torch.compile of the tutorial's loss (forward and, through AOTAutograd, backward) and of
-    its update; `.backward()` itself stays a call, as in any compiled training loop."""
-    def loss_fn(x, y, w1, w2):
-        return (x.mm(w1).clamp(min=0).mm(w2) - y).pow(2).sum()
+def torch_loss(x, y, w1, w2):
+    return (x.mm(w1).clamp(min=0).mm(w2) - y).pow(2).sum()
 
+
+def fusedgrad_loss(x, y, w1, w2):
+    return fusedgrad.mse_loss(fusedgrad.mm(fusedgrad.mm_relu(x, w1), w2), y, reduction="sum")
+
+
+COMPILED = {"compile": torch_loss, "fusedgrad-compile": fusedgrad_loss}  # variant prefix -> the loss it compiles
+
+
+def compiled_step(loss_fn, mode: str | None, x, y, w1, w2, lr: float):
+    """torch.compile of the tutorial's loss `loss_fn` (forward and, through AOTAutograd,
+    backward) and of its update; `.backward()` itself stays a call, as in any compiled
+    training loop."""
     def update(w1, w2, lr):
         with torch.no_grad():
             w1 -= lr * w1.grad
@@ -119,13 +131,18 @@ def compiled_step(mode: str | None, x, y, w1, w2, lr: float):
     return step
 
 
+def is_compiled(variant: str) -> bool:
+    return variant.startswith(tuple(COMPILED))
+
+
 def build(variant: str, x, y, w1, w2, lr: float):
     """(step callable, w1, w2) for `variant`; w1 and w2 are leaves that require grad."""
     if variant == "eager":
         return make_step("reference", False, x, y, w1, w2, lr), w1, w2
-    if variant.startswith("compile"):
-        mode = variant.removeprefix("compile").removeprefix("-") or None
-        return compiled_step(mode, x, y, w1, w2, lr), w1, w2
+    if is_compiled(variant):
+        prefix = "fusedgrad-compile" if variant.startswith("fusedgrad-compile") else "compile"
+        mode = variant.removeprefix(prefix).removeprefix("-") or None
+        return compiled_step(COMPILED[prefix], mode, x, y, w1, w2, lr), w1, w2
     mode, cuda_graph = {"fusedgrad-autograd": ("autograd", False), "fusedgrad-autograd-triton": ("autograd", False),
                         "fusedgrad-step": ("step", False), "fusedgrad-step-graph": ("step", True)}[variant]
     return make_step(mode, cuda_graph, x, y, w1, w2, lr), w1, w2
@@ -242,7 +259,7 @@ def measure(case: Case, variant: str, device: torch.device, lr: float, schedule:
     notes = []
     try:
         with fusedgrad_settings(case.precision, backend):
-            if variant.startswith("fusedgrad-autograd"):
+            if variant.startswith(("fusedgrad-autograd", "fusedgrad-compile")):
                 notes.append(f"backend {describe_backend('autograd', x)}")
             torch._dynamo.reset()
             start = time.perf_counter()
@@ -294,14 +311,14 @@ def run_case(case: Case, variants: list[str], device: torch.device, args, peaks:
         if variant == "compile-max-autotune" and args.quick:
             row["status"] = "skipped (--quick: autotuning takes minutes)"
             continue
-        if variant == "compile-reduce-overhead" and args.quick and case.flops_per_step > 1e10:
+        if variant.endswith("compile-reduce-overhead") and args.quick and case.flops_per_step > 1e10:
             row["status"] = "skipped (--quick: GEMM-bound size, CUDA graphs cannot help)"
             continue
-        if variant.startswith("compile") and device.type == "cpu" and not args.cpu_compile:
+        if is_compiled(variant) and device.type == "cpu" and not args.cpu_compile:
             row["status"] = "skipped on CPU (pass --cpu-compile)"
             continue
-        if variant in ("fusedgrad-step-graph", "compile-reduce-overhead", "fusedgrad-autograd-triton") \
-                and device.type != "cuda":
+        if variant in ("fusedgrad-step-graph", "compile-reduce-overhead", "fusedgrad-compile-reduce-overhead",
+                       "fusedgrad-autograd-triton") and device.type != "cuda":
             row["status"] = "needs CUDA"
             continue
         if variant == "fusedgrad-autograd-triton":
@@ -313,7 +330,7 @@ def run_case(case: Case, variants: list[str], device: torch.device, args, peaks:
                 continue
         log(f"{case.size} {case.precision} {variant} ...")
         try:
-            if variant.startswith("compile"):
+            if is_compiled(variant):
                 with tempfile.TemporaryDirectory() as folder:
                     results, notes, final_w1, final_w2 = measure_in_child(
                         case, variant, device, args.lr, schedule, pathlib.Path(folder))

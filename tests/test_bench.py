@@ -73,8 +73,9 @@ def load_bench_module():
 def test_compile_variant_runs_in_a_child_process_and_its_failure_becomes_a_row(tmp_path):
     bench = load_bench_module()
     case = bench.Case(8, 16, 8, 4, "ieee")
-    results, notes, w1, w2 = bench.measure_in_child(case, "compile", torch.device("cpu"), 1e-3, (1, 1, 1), tmp_path)
-    assert results["steps_per_s"] > 0 and w1.shape == (16, 8) and w2.shape == (8, 4)
+    for variant in ("compile", "fusedgrad-compile"):  # torch's ops, and fusedgrad's, compiled
+        results, notes, w1, w2 = bench.measure_in_child(case, variant, torch.device("cpu"), 1e-3, (1, 1, 1), tmp_path)
+        assert results["steps_per_s"] > 0 and w1.shape == (16, 8) and w2.shape == (8, 4)
     try:
         bench.measure_in_child(case, "compile-no-such-mode", torch.device("cpu"), 1e-3, (1, 1, 1), tmp_path)
     except RuntimeError as error:
