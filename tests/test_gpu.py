@@ -264,3 +264,43 @@ def test_autotune_on_gpu_caches_and_never_tunes_in_a_capture(tmp_path):
         step = fusedgrad.CUDAGraphStep(xs, ys, w1, w2, 1e-3)
     assert len(kernels.tuning.Tuner(tuner.path).entries()) == 3 + 4
     assert torch.isfinite(step.replay()).item()
+
+
+def test_reduce_overhead_compile_replays_fusedgrad_kernels_in_cuda_graphs():
+    """torch.compile(mode="reduce-overhead") of the tutorial's forward and backward on
+    fusedgrad's ops: Inductor's CUDA graphs hold the Triton kernels (the profiled steps run
+    them on the GPU with no host launch of theirs: Triton launches through the driver API's
+    cuLaunchKernel, ATen and graph replays do not), and the losses match eager's to fp32
+    rounding."""
+    torch._dynamo.reset()
+    models = [fusedgrad.TwoLayerNet(100, 50, 10, device="cuda", generator=torch.Generator().manual_seed(0))
+              for _ in range(2)]
+    x, y = torch.randn(64, 100, device="cuda"), torch.randn(64, 10, device="cuda")
+
+    def loss_of(model):
+        return lambda x, y: fusedgrad.mse_loss(model(x), y, reduction="sum")
+
+    compiled, eager = torch.compile(loss_of(models[0]), mode="reduce-overhead"), loss_of(models[1])
+
+    def step(model, loss_fn):
+        loss = loss_fn(x, y)
+        loss.backward()
+        with torch.no_grad():  # ATen's update, outside the graphs: only fusedgrad's kernels are counted
+            for w in model.parameters():
+                w -= 1e-5 * w.grad
+                w.grad = None
+        return loss.detach().clone()
+
+    with fusedgrad.backend("triton"):
+        losses = [(step(models[0], compiled), step(models[1], eager)) for _ in range(4)]  # warm-up, record
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                torch.profiler.ProfilerActivity.CUDA]) as profile:
+            for _ in range(3):
+                step(models[0], compiled)
+            torch.cuda.synchronize()
+    names = [event.name for event in profile.events()]
+    assert sum("_matmul_kernel" in name for name in names) >= 3 * 5  # run on the GPU: 2 forward, 3 backward
+    assert not [name for name in names if name.startswith("cuLaunchKernel")], "fusedgrad launched from the host"
+    assert any("cudaGraphLaunch" in name for name in names)
+    for ours, theirs in losses:
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=0)
