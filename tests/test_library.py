@@ -270,3 +270,26 @@ def test_float64_gradcheck_and_gradgradcheck(backend, monkeypatch):
             assert torch.autograd.gradcheck(function, inputs, fast_mode=True), name
             assert torch.autograd.gradgradcheck(function, inputs, fast_mode=True), name
     assert (len(launches) > 0) == (backend == "triton")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compile_under_autocast(backend):
+    """An autocast region inside a compiled function: the products come out in the autocast
+    dtype and the loss in float32, as in eager mode, and gradients reach float32 leaves."""
+    torch._dynamo.reset()
+    device = BACKENDS[backend]
+    dtype = torch.float16 if backend == "triton" else torch.bfloat16  # the interpreter's bf16 dots are wrong
+
+    def forward(x, w1, w2, y):
+        with torch.autocast(device, dtype=dtype):
+            out = fusedgrad.mm(fusedgrad.mm_relu(x, w1), w2)
+            return out, fusedgrad.mse_loss(out, y, reduction="sum")
+
+    x, y, w1, w2 = tutorial_problem(device)
+    with fusedgrad.backend(backend):
+        out, loss = torch.compile(forward, backend="aot_eager", fullgraph=True)(x, w1, w2, y)
+        eager_out, eager_loss = forward(x, w1, w2, y)
+        loss.backward()
+    assert out.dtype == eager_out.dtype == dtype and loss.dtype == eager_loss.dtype == torch.float32
+    torch.testing.assert_close(out, eager_out)
+    assert w1.grad.dtype == torch.float32 and w1.grad.abs().sum() > 0
