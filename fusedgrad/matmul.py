@@ -120,9 +120,16 @@ def _product(a, b, relu: bool, mask, side: str | None, launch: dispatch.Launch |
 
 
 def _launch_of(ctx, *tensors) -> dispatch.Launch | None:
-    """The forward's `Launch` for backward's and jvp's products, or None where they are being
-    traced (compiled autograd) although the forward ran eagerly."""
-    return ctx.launch if ctx.launch is not None and library.eager(*tensors) else None
+    """The forward's `Launch` for backward's and jvp's products, or None (the op) where the
+    forward ran eagerly but they are traced (compiled autograd) or batched by torch's older
+    vmap (`autograd.grad(..., is_grads_batched=True)`, `hessian(..., vectorize=True)`), which
+    runs an op without a batching rule slice by slice."""
+    if ctx.launch is None or not library.eager(*tensors):
+        return None
+    for t in tensors:
+        if t is not None and torch._C._functorch.is_legacy_batchedtensor(t):
+            return None
+    return ctx.launch
 
 
 def _recorded() -> bool:

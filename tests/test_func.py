@@ -94,18 +94,32 @@ def test_empty_batches(backend):
     assert empty.shape == (0, 8, 6) and empty_loss.shape == (0,)
 
 
-def test_batched_gradients_are_refused_on_the_triton_backend_not_wrong():
-    """`autograd.grad(..., is_grads_batched=True)` batches backward with torch's older vmap,
-    which custom Functions cannot take part in: on the Triton backend it raises (use
-    `torch.func.vmap` over `torch.func.vjp`/`grad` instead); on ATen it works."""
-    x, _, w1, _ = problem(BACKENDS["triton"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batched_gradients_and_vectorized_hessian(backend):
+    """`autograd.grad(..., is_grads_batched=True)` and `hessian(..., vectorize=True)` batch
+    backward with torch's older vmap; on both backends they match float64 torch."""
+    x, _, w1, w2 = problem(BACKENDS[backend])
     w = w1.clone().requires_grad_()
     cotangents = torch.randn(3, 8, 6, device=x.device)
-    with fusedgrad.backend("triton"), pytest.raises((RuntimeError, NotImplementedError)):
-        torch.autograd.grad(fusedgrad.mm_relu(x, w), w, cotangents, is_grads_batched=True)
-    with fusedgrad.backend("aten"):
-        (batched,) = torch.autograd.grad(fusedgrad.mm_relu(x.cpu(), w.cpu()), w, cotangents.cpu(), is_grads_batched=True)
-    assert batched.shape == (3, 12, 6)
+    with fusedgrad.backend(backend):
+        (batched,) = torch.autograd.grad(fusedgrad.mm_relu(x, w), w, cotangents, is_grads_batched=True)
+    x64, w64 = float64(x, w)
+    w64.requires_grad_()
+    (expected,) = torch.autograd.grad(torch.relu(x64 @ w64), w64, cotangents.double().cpu(), is_grads_batched=True)
+    assert_close(batched, expected, "float32")
+
+    small_x, small_w, head = x[:, :4], w1[:4, :3].contiguous(), w2[:3, :2].contiguous()  # a 12 x 12 Hessian
+
+    def loss(forward, loss_fn):
+        return lambda w: loss_fn(forward(small_x.to(w), w, head.to(w)), torch.zeros(8, 2, device=w.device,
+                                                                                    dtype=w.dtype), reduction="sum")
+
+    with fusedgrad.backend(backend):
+        hessian = torch.autograd.functional.hessian(loss(fused_ops, fusedgrad.mse_loss), small_w, vectorize=True)
+    expected = torch.autograd.functional.hessian(loss(torch_ops, torch.nn.functional.mse_loss), small_w.double().cpu(),
+                                                 vectorize=True)
+    assert hessian.shape == (4, 3, 4, 3) and expected.abs().sum() > 0
+    assert_close(hessian, expected, "float32")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
