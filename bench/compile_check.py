@@ -292,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     # 3xTF32: three tf32 products per fp32 dot, on tensor cores.
     check("gemm fp32/tf32x3 relu 128x128", gemm._matmul_kernel,
           gemm_constexprs("relu", gemm.NO_MASK, "tf32x3", 128, 128, 32), gemm_types("fp32"), "wgmma")
-    check("sum partials", reduce._sum_partials_kernel, dict(BLOCK=1024),
-          lambda n: "*fp32" if n.endswith("_ptr") else ("fp32" if n == "scale" else "i32"))
+    for dtype in ("fp32", "fp64"):
+        check(f"sum partials {dtype}", reduce._sum_partials_kernel, dict(BLOCK=1024),
+              lambda n, d=dtype: f"*{d}" if n.endswith("_ptr") else "i32")
 
     if args.candidates:
         for dtype, torch_dtype, precision in (("bf16", torch.bfloat16, None), ("fp32", torch.float32, "tf32"),

@@ -44,7 +44,7 @@ def resolve(tensor: torch.Tensor, *, gemm: bool = False) -> str:
     16-bit products stay on Triton, as do the loss, SGD and the fused `train_step`; backend
     "triton" forces Triton."""
     name = settings.current_backend()
-    if name == "aten":
+    if name == "aten" or tensor.is_meta:  # meta tensors: ATen's own shape functions, on any backend
         return "aten"
     if name == "auto":
         if not tensor.is_cuda or tensor.dtype not in AUTO_DTYPES:

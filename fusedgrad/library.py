@@ -4,7 +4,8 @@ Each op is defined with a schema and registered, per dispatch key, as
     CPU, CUDA         the kernel: it checks its arguments, then chooses the backend (Triton or
                       ATen, `dispatch.resolve`) and runs it; Dynamo never traces this choice
     Meta (fake)       shapes and dtypes only, for FakeTensor tracing: torch.compile, export
-    Autograd          an autograd Function whose backward calls the ops again (double backward)
+    Autograd          an autograd Function whose backward runs the ops' products again (double
+                      backward)
     AutocastCPU/CUDA  the casts autocast applies to the torch op it replaces (mm, mse_loss)
 Mutating ops declare what they write (`Tensor(a!)`), so functionalization (torch.compile,
 export) knows; their kernels bump the version counters of what they write, as torch's in-place
@@ -86,6 +87,16 @@ def _autocast_kernel(op: torch._ops.OpOverload, key: torch._C.DispatchKey, dtype
             return op(*args, **kwargs)
 
     return kernel
+
+
+def refuse_transforms(op: str) -> None:
+    """Raise if torch.func transforms are active: an operator's autograd kernel cannot run its
+    autograd Function inside them. The public functions can (they call the Functions, which
+    have torch.func rules, directly), so the error says to call those."""
+    if torch._C._are_functorch_transforms_active():
+        raise RuntimeError(f"torch.ops.fusedgrad.{op} called inside a torch.func transform: the operators do "
+                           f"not support torch.func; call fusedgrad.{op.removesuffix('_and_grad')} instead, "
+                           f"which does")
 
 
 def bump_versions(*tensors: torch.Tensor) -> None:

@@ -59,8 +59,8 @@ def loss_and_grad_kernel(input, target, mean: bool, *, backend: str | None = Non
         backend = dispatch.resolve(input)
     if backend == "triton":
         return dispatch.load_kernels().mse_loss_and_grad(input, target, mean)
-    difference = input - target
-    return F.mse_loss(input, target, reduction="mean" if mean else "sum"), difference.mul_(_scale(input, mean))
+    grad = torch.sub(input, target).contiguous()  # contiguous whatever the layouts, as the Triton kernel's
+    return F.mse_loss(input, target, reduction="mean" if mean else "sum"), grad.mul_(_scale(input, mean))
 
 
 def _loss_and_grad_fake(input, target, mean: bool):
@@ -75,7 +75,7 @@ def loss_kernel(input, target, reduction: str = "mean"):
     input, target = _promoted(input, target)
     if reduction != "none" and dispatch.resolve(input) == "triton":
         return dispatch.load_kernels().mse_loss_and_grad(input, target, reduction == "mean")[0]
-    return F.mse_loss(input, target, reduction=reduction)
+    return F.mse_loss(input, target, reduction=reduction).contiguous()  # "none": contiguous, as the fake says
 
 
 def _loss_fake(input, target, reduction: str = "mean"):
@@ -134,6 +134,7 @@ class MSELossFunction(Function):
 
 
 def _loss_autograd(input, target, reduction: str = "mean"):
+    library.refuse_transforms("mse_loss")
     _check_loss(input, target, reduction)
     if reduction == "none":  # torch's own: there is no reduction to fuse
         return F.mse_loss(input, target, reduction="none")
@@ -141,6 +142,7 @@ def _loss_autograd(input, target, reduction: str = "mean"):
 
 
 def _loss_and_grad_autograd(input, target, mean: bool):
+    library.refuse_transforms("mse_loss_and_grad")
     _check_loss(input, target, "mean")
     return _apply(*_promoted(input, target), mean)
 

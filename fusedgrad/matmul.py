@@ -199,6 +199,7 @@ class GemmFunction(Function):
 
 
 def _gemm_autograd(a, b, relu=False, a_relu_mask=None, b_relu_mask=None, out_relu_mask=None, *, op="gemm"):
+    library.refuse_transforms(op)
     _check_gemm(op, a, b, relu, a_relu_mask, b_relu_mask, out_relu_mask)  # before the Function reads a side
     launch = dispatch.launch_settings(a, gemm=True) if library.eager(a, b) else None  # traced: read at run time
     for side, mask in (("a", a_relu_mask), ("b", b_relu_mask), ("out", out_relu_mask)):

@@ -15,6 +15,7 @@ import torch
 
 from . import dispatch, library, settings
 from .checks import check_lr, check_operands
+from .kernels.precision import accumulator_dtype
 
 
 def _check(x, y, w1, w2, lr) -> None:
@@ -34,7 +35,8 @@ def train_step_reference(x, y, w1, w2, lr) -> torch.Tensor:
     """The step in ATen: fused where ATen allows (addmm_ applies the update with the GEMM)."""
     h = torch.mm(x, w1).relu_()
     grad_y = torch.mm(h, w2).sub_(y)                    # y_pred - y, in place
-    loss = torch.dot(grad_y.view(-1), grad_y.view(-1))  # sum of squares, one kernel
+    difference = grad_y.view(-1).to(accumulator_dtype(grad_y.dtype))  # 16-bit: the sum in float32
+    loss = torch.dot(difference, difference)            # sum of squares, one kernel
     grad_y.mul_(2)
     grad_h = torch.ops.aten.threshold_backward(torch.mm(grad_y, w2.T), h, 0)  # uses the old w2
     if isinstance(lr, torch.Tensor):
@@ -64,7 +66,7 @@ def _step_kernel(x, y, w1, w2, lr_tensor, lr):
 
 def _step_fake(x, y, w1, w2, lr_tensor, lr):
     _check(x, y, w1, w2, lr if lr_tensor is None else lr_tensor)
-    return x.new_empty(())
+    return x.new_empty((), dtype=accumulator_dtype(x.dtype))
 
 
 library.define("train_step_(Tensor x, Tensor y, Tensor(a!) w1, Tensor(b!) w2, Tensor? lr_tensor, float lr) -> Tensor",
@@ -74,8 +76,8 @@ library.define("train_step_(Tensor x, Tensor y, Tensor(a!) w1, Tensor(b!) w2, Te
 def train_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
                lr: float | torch.Tensor) -> torch.Tensor:
     """One SGD step of `relu(x @ w1) @ w2` on `sum((y_pred - y)**2)`: updates w1 and w2 in place
-    and returns the step's loss (computed before the update, a 0-d tensor of x's dtype) without
-    a host sync. The step computes in its inputs' dtype, inside torch.autocast too: it updates
+    and returns the step's loss (computed before the update; a 0-d float32 tensor, float64 for
+    float64 inputs: a 16-bit sum of squares would overflow) without a host sync. The step computes in its inputs' dtype, inside torch.autocast too: it updates
     the weights in place, in their dtype. The op is `fusedgrad::train_step_`."""
     lr_tensor, lr_number = (lr, 0.0) if isinstance(lr, torch.Tensor) else (None, lr)
     if library.eager(x, y, w1, w2):
@@ -102,7 +104,7 @@ class CUDAGraphStep:
             raise ValueError(f"CUDAGraphStep needs CUDA tensors, got x on {x.device}")
         self.x, self.y = x.detach().clone(), y.detach().clone()
         self.lr = (lr.detach().clone() if isinstance(lr, torch.Tensor)
-                   else torch.tensor(float(lr), dtype=torch.float32, device=x.device))
+                   else torch.tensor(float(lr), dtype=accumulator_dtype(x.dtype), device=x.device))
         self.w1, self.w2 = w1, w2
         _check(self.x, self.y, w1, w2, self.lr)
         with torch.no_grad():

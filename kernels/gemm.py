@@ -218,7 +218,7 @@ def _matmul_kernel(
                 acc = scale * diff
             if EPILOGUE == "sgd":
                 # The parameter takes the step in place: w = w - lr * (a @ b); no gradient is stored.
-                rate = learning_rate(lr_ptr, lr)
+                rate = learning_rate(lr_ptr, lr, ACC_DTYPE)
                 param = tl.load(aux_ptrs, mask=in_c, other=0.0)
                 tl.store(aux_ptrs, (param.to(ACC_DTYPE) - rate * acc).to(param.dtype), mask=in_c)
             else:

@@ -26,20 +26,22 @@ BLOCK = 1024
 CHUNK = 16 * BLOCK  # elements per program on the multi-program path
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["grad_divisor", "loss_divisor"])
 def _squared_error_kernel(
     # pointers
     input_ptr, target_ptr, grad_ptr, out_ptr,  # out: the loss (one program) or per-program partials
     # sizes
     n, chunk,
-    # scalars
-    scale_grad, scale_loss,
+    # divisors, integers divided in ACC_DTYPE here (a float argument would be an fp32 scalar)
+    grad_divisor,  # grad = 2 (input - target) / grad_divisor: n for "mean", 1 for "sum"
+    loss_divisor,  # out = sum of squares / loss_divisor: 1 for partials
     # meta-parameters
     BLOCK: tl.constexpr,
     ACC_DTYPE: tl.constexpr,  # `reduce.accumulator` of the inputs' dtype
 ):
     pid = tl.program_id(0)
     start = pid.to(tl.int64) * chunk
+    scale_grad = 2.0 / grad_divisor.to(ACC_DTYPE)
     acc = tl.zeros((BLOCK,), dtype=ACC_DTYPE)
     for offset in range(0, chunk, BLOCK):
         offs = start + offset + tl.arange(0, BLOCK)
@@ -48,7 +50,7 @@ def _squared_error_kernel(
                 - tl.load(target_ptr + offs, mask=inside, other=0.0).to(ACC_DTYPE))
         acc += diff * diff
         tl.store(grad_ptr + offs, (scale_grad * diff).to(grad_ptr.dtype.element_ty), mask=inside)
-    tl.store(out_ptr + pid, (tl.sum(acc, axis=0) * scale_loss).to(out_ptr.dtype.element_ty))
+    tl.store(out_ptr + pid, (tl.sum(acc, axis=0) / loss_divisor.to(ACC_DTYPE)).to(out_ptr.dtype.element_ty))
 
 
 def mse_loss_and_grad(input: torch.Tensor, target: torch.Tensor, mean: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,17 +64,17 @@ def mse_loss_and_grad(input: torch.Tensor, target: torch.Tensor, mean: bool) -> 
     n = flat_input.numel()
     grad = torch.empty(input.shape, dtype=input.dtype, device=input.device)
     loss = torch.empty((), dtype=input.dtype, device=input.device)
-    scale_loss = 1.0 / n if mean and n else 1.0
+    divisor = n if mean and n else 1
     # launch
     if n <= SINGLE_PROGRAM_MAX:
         _squared_error_kernel[(1,)](flat_input, flat_target, grad, loss, n, max(n, 1),
-                                    2.0 * scale_loss, scale_loss, BLOCK=BLOCK, ACC_DTYPE=accumulator(input.dtype))
+                                    divisor, divisor, BLOCK=BLOCK, ACC_DTYPE=accumulator(input.dtype))
         if mean and n == 0:
             loss.fill_(float("nan"))  # torch: the mean of nothing is NaN
         return loss, grad
     programs = cdiv(n, CHUNK)
     partials = torch.empty(programs, dtype=accumulator_dtype(input.dtype), device=input.device)
     _squared_error_kernel[(programs,)](flat_input, flat_target, grad, partials, n, CHUNK,
-                                       2.0 * scale_loss, 1.0, BLOCK=BLOCK, ACC_DTYPE=accumulator(input.dtype))
-    sum_partials(partials, loss, scale_loss)
+                                       divisor, 1, BLOCK=BLOCK, ACC_DTYPE=accumulator(input.dtype))
+    sum_partials(partials, loss, divisor)
     return loss, grad

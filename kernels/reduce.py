@@ -28,13 +28,14 @@ def sum_in_fixed_order(ptr, n, BLOCK: tl.constexpr):
     return tl.sum(acc, axis=0)
 
 
-@triton.jit
-def _sum_partials_kernel(partials_ptr, out_ptr, n, scale, BLOCK: tl.constexpr):
-    """out = scale * sum(partials[0:n]), in the output's dtype; one program."""
-    total = sum_in_fixed_order(partials_ptr, n, BLOCK) * scale
+@triton.jit(do_not_specialize=["divisor"])
+def _sum_partials_kernel(partials_ptr, out_ptr, n, divisor, BLOCK: tl.constexpr):
+    """out = sum(partials[0:n]) / divisor, divided in the partials' dtype (an integer divisor:
+    a float argument would be an fp32 scalar), stored in the output's dtype; one program."""
+    total = sum_in_fixed_order(partials_ptr, n, BLOCK) / divisor.to(partials_ptr.dtype.element_ty)
     tl.store(out_ptr, total.to(out_ptr.dtype.element_ty))
 
 
-def sum_partials(partials, out, scale: float) -> None:
-    """Launch: out (0-d) = scale * sum(partials), deterministically."""
-    _sum_partials_kernel[(1,)](partials, out, partials.numel(), scale, BLOCK=1024)
+def sum_partials(partials, out, divisor: int) -> None:
+    """Launch: out (0-d) = sum(partials) / divisor, deterministically."""
+    _sum_partials_kernel[(1,)](partials, out, partials.numel(), divisor, BLOCK=1024)

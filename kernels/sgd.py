@@ -28,11 +28,11 @@ MAX_TENSORS = 16  # per launch: 16 parameters and 16 gradients stay well inside 
 
 
 @triton.jit
-def learning_rate(lr_ptr, lr):
-    """The rate of an update: read from the 0-d tensor at lr_ptr (a value a captured CUDA graph
-    sees change between replays), in its own dtype, or the fp32 scalar `lr` when lr_ptr is None."""
+def learning_rate(lr_ptr, lr, ACC_DTYPE: tl.constexpr):
+    """The rate of an update, in ACC_DTYPE: read from the 0-d tensor at lr_ptr (a value a
+    captured CUDA graph sees change between replays), or the fp32 scalar `lr` when lr_ptr is None."""
     if lr_ptr is not None:
-        rate = tl.load(lr_ptr)
+        rate = tl.load(lr_ptr).to(ACC_DTYPE)
     else:
         rate = lr
     return rate
@@ -53,7 +53,7 @@ def _sgd_kernel(
     ACC_DTYPE: tl.constexpr,  # `reduce.accumulator` of the parameters' dtype
 ):
     pid = tl.program_id(0)
-    step = learning_rate(lr_ptr, lr)
+    step = learning_rate(lr_ptr, lr, ACC_DTYPE)
     for i in tl.static_range(len(params)):  # unrolled: the branch of this program's tensor runs
         if (pid >= block_starts[i]) & (pid < block_starts[i + 1]):
             offs = (pid - block_starts[i]).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -65,9 +65,10 @@ def _sgd_kernel(
 
 def rate_argument(lr: float | torch.Tensor, dtype: torch.dtype, device: torch.device) -> float | torch.Tensor:
     """`lr` as a launch passes it: a float travels as an fp32 kernel scalar, which would round
-    a float64 update's rate, so for float64 parameters it becomes a 0-d float64 tensor."""
+    a float64 update's rate, so for float64 parameters it becomes a 0-d float64 tensor (filled
+    on the device: no host-to-device copy, which a CUDA-graph capture would refuse)."""
     if dtype == torch.float64 and not isinstance(lr, torch.Tensor):
-        return torch.tensor(lr, dtype=torch.float64, device=device)
+        return torch.full((), lr, dtype=torch.float64, device=device)
     return lr
 
 

@@ -23,8 +23,8 @@ def two_layer_sgd_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: t
                        lr: float | torch.Tensor, fp32_precision: str = "ieee",
                        tuner: tuning.Tuner | None = None) -> torch.Tensor:
     """Update w1 (D_in, H) and w2 (H, D_out) in place from x (N, D_in), y (N, D_out); return
-    the step's loss sum((relu(x @ w1) @ w2 - y)**2) before the update, as a 0-d tensor of x's dtype
-    (added up in `precision.accumulator_dtype`).
+    the step's loss sum((relu(x @ w1) @ w2 - y)**2) before the update, as a 0-d tensor of
+    `precision.accumulator_dtype` (float32; float64 for float64).
     `fp32_precision` and `tuner` as in `gemm.launch`."""
     # check (shapes, dtypes and devices are checked by the caller, fusedgrad.step)
     batch, hidden, d_out = x.shape[0], w1.shape[1], w2.shape[1]
@@ -35,7 +35,7 @@ def two_layer_sgd_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: t
     # The loss GEMM keeps the heuristic's tiles: its partial sums are sized by their number.
     loss_config, programs = gemm.plan(batch, d_out, hidden, x.dtype, x.device)
     partials = torch.empty(programs, dtype=accumulator_dtype(x.dtype), device=x.device)
-    loss = torch.empty((), dtype=x.dtype, device=x.device)
+    loss = torch.empty((), dtype=accumulator_dtype(x.dtype), device=x.device)
     lr = sgd.rate_argument(lr, x.dtype, x.device)
     # launch
     settings = dict(fp32_precision=fp32_precision, tuner=tuner)

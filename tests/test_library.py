@@ -23,6 +23,7 @@ def op_cases(device):
     a, b = leaf(5, 7, device=device), leaf(7, 3, device=device)
     mask_of = {"a_relu_mask": (5, 7), "b_relu_mask": (7, 3), "out_relu_mask": (5, 3)}
     prediction, target = leaf(5, 3, device=device), torch.randn(5, 3, device=device)
+    transposed = torch.randn(3, 5, device=device).T.requires_grad_()  # outputs contiguous all the same
     params = [torch.randn(4, 3, device=device), torch.randn(6, device=device)]
     grads = [torch.randn_like(p) for p in params]
     x, y = torch.randn(6, 5, device=device), torch.randn(6, 2, device=device)
@@ -35,6 +36,8 @@ def op_cases(device):
         ("mm", (a, b), {}),
         *[("mse_loss", (prediction, target), {"reduction": r}) for r in ("mean", "sum", "none")],
         ("mse_loss_and_grad", (prediction, target, True), {}),
+        ("mse_loss_and_grad", (transposed, target, False), {}),
+        ("mse_loss", (transposed, target), {"reduction": "none"}),
         ("sgd_", (params, grads, None, 0.1), {}),
         ("sgd_", (params, grads, torch.tensor(0.1, device=device), 0.0), {}),
         ("train_step_", (x, y, w1, w2, None, 1e-3), {}),
@@ -63,14 +66,57 @@ def test_opcheck_passes_for_every_op(backend):
     assert checked == set(OPS)
 
 
-def test_meta_tensors_give_shapes_and_dtypes():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_meta_tensors_give_shapes_and_dtypes(backend):
     a, b = torch.empty(5, 7, device="meta"), torch.empty(7, 3, device="meta")
-    assert torch.ops.fusedgrad.mm_relu(a, b).shape == (5, 3)
-    loss = torch.ops.fusedgrad.mse_loss(torch.empty(4, 2, device="meta", dtype=torch.bfloat16),
-                                        torch.empty(4, 2, device="meta"))
-    assert loss.shape == () and loss.dtype == torch.float32  # promoted, as F.mse_loss
-    with pytest.raises(ValueError, match="inner dimensions differ"):
-        torch.ops.fusedgrad.mm(a, a)
+    with fusedgrad.backend(backend):
+        assert torch.ops.fusedgrad.mm_relu(a, b).shape == fusedgrad.mm_relu(a, b).shape == (5, 3)
+        loss = torch.ops.fusedgrad.mse_loss(torch.empty(4, 2, device="meta", dtype=torch.bfloat16),
+                                            torch.empty(4, 2, device="meta"))
+        assert loss.shape == () and loss.dtype == torch.float32  # promoted, as F.mse_loss
+        step_loss = fusedgrad.train_step(torch.empty(6, 5, device="meta"), torch.empty(6, 3, device="meta"),
+                                         torch.empty(5, 4, device="meta"), torch.empty(4, 3, device="meta"), 0.1)
+        assert step_loss.shape == () and step_loss.is_meta
+        with pytest.raises(ValueError, match="inner dimensions differ"):
+            torch.ops.fusedgrad.mm(a, a)
+
+
+def test_operators_under_torch_func_raise_and_name_the_public_function():
+    a, b = torch.randn(4, 3), torch.randn(3, 2)
+    with pytest.raises(RuntimeError, match="call fusedgrad.mm_relu instead"):
+        torch.func.grad(lambda a: torch.ops.fusedgrad.mm_relu(a, b).sum())(a)
+    with pytest.raises(RuntimeError, match="call fusedgrad.mse_loss instead"):
+        torch.func.grad(lambda a: torch.ops.fusedgrad.mse_loss(a, b.T))(a)
+    assert torch.func.grad(lambda a: fusedgrad.mm_relu(a, b).sum())(a).shape == (4, 3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inductor_takes_a_strided_prediction(backend):
+    """The fakes promise what the kernels return (contiguous gradients), so Inductor's layout
+    checks hold for a transposed prediction too."""
+    torch._dynamo.reset()
+    device = BACKENDS[backend]
+    x, target = torch.randn(3, 5, device=device, requires_grad=True), torch.randn(5, 3, device=device)
+    with fusedgrad.backend(backend):
+        loss = torch.compile(lambda x, t: fusedgrad.mse_loss(x.T * 1.0, t), fullgraph=True)(x, target)
+        loss.backward()
+    assert_close(x.grad.T, 2 * (x.detach().T.double() - target.double()) / 15, "float32")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_step_loss_is_float32_for_16_bit_inputs(backend):
+    """The fused step's loss is summed and returned in float32 for 16-bit inputs on both
+    backends (a float16 sum of squares overflows at the tutorial's scale)."""
+    device = BACKENDS[backend]
+    def near(value, *shape):  # entries near `value`: every output is about 320, its square past 65504
+        return (value + 0.1 * torch.randn(*shape)).to(device, torch.float16)
+
+    x, y, w1, w2 = near(4.0, 6, 5), torch.zeros(6, 3, device=device, dtype=torch.float16), near(2.0, 5, 4), near(2.0, 4, 3)
+    expected = (torch.relu(x.double() @ w1.double()) @ w2.double()).square().sum()
+    with fusedgrad.backend(backend):
+        loss = fusedgrad.train_step(x, y, w1, w2, 0.0)
+    assert loss.dtype == torch.float32 and expected > 65504  # beyond float16's range
+    assert_close(loss, expected, "float16")
 
 
 def tutorial(x, y, w1, w2):
