@@ -70,6 +70,7 @@ if [[ $stages == *" kernels "* ]]; then
   timeout 540 python3 bench/kernels.py --quick --autotune bf16 --json "$out/kernels.json" | tail -40
 fi
 if [[ $stages == *" bench "* ]]; then
-  timeout 170 python3 bench/run.py --quick --json "$out/bench_quick.json" --plot "$out/bench_quick.png"
+  # two compiled rows per variant family and size, each compiled in a child process: room for them
+  timeout 240 python3 bench/run.py --quick --json "$out/bench_quick.json" --plot "$out/bench_quick.png"
 fi
 exit $exit_status
