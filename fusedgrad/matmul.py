@@ -65,7 +65,10 @@ _BACKWARD = {
     "a": (("out", False), ("a", True)),
     "b": (("b", True), ("out", False)),
 }
-_MASK_ARGUMENT = {"a": "a_relu_mask", "b": "b_relu_mask", "out": "out_relu_mask"}
+# (a_relu_mask, b_relu_mask, out_relu_mask), the op's and the kernel's mask arguments, for a side.
+_MASKS = {"a": lambda mask: (mask, None, None), "b": lambda mask: (None, mask, None),
+          "out": lambda mask: (None, None, mask)}
+_NO_MASKS = (None, None, None)
 
 
 def _check_gemm(op, a, b, relu, a_relu_mask, b_relu_mask, out_relu_mask) -> None:
@@ -90,12 +93,12 @@ def gemm_kernel(a, b, relu=False, a_relu_mask=None, b_relu_mask=None, out_relu_m
     if launch is None:
         _check_gemm(op, a, b, relu, a_relu_mask, b_relu_mask, out_relu_mask)
         launch = dispatch.launch_settings(a, gemm=True)
-    masks = {name: mask for name, mask in (("a_relu_mask", a_relu_mask), ("b_relu_mask", b_relu_mask),
-                                           ("out_relu_mask", out_relu_mask)) if mask is not None}
     if launch.backend == "triton":
-        return dispatch.load_kernels().matmul(a, b, relu=relu, **masks, fp32_precision=launch.fp32_precision,
+        return dispatch.load_kernels().matmul(a, b, relu=relu, a_relu_mask=a_relu_mask, b_relu_mask=b_relu_mask,
+                                              out_relu_mask=out_relu_mask, fp32_precision=launch.fp32_precision,
                                               tuner=launch.tuner)
-    return matmul_reference(a, b, relu=relu, **masks)
+    return matmul_reference(a, b, relu=relu, a_relu_mask=a_relu_mask, b_relu_mask=b_relu_mask,
+                            out_relu_mask=out_relu_mask)
 
 
 def _gemm_fake(a, b, relu=False, a_relu_mask=None, b_relu_mask=None, out_relu_mask=None, *,
@@ -108,15 +111,15 @@ def _product(a, b, relu: bool, mask, side: str | None, launch: dispatch.Launch |
     """The gated product, recorded by autograd (`recorded`) or not: at `launch`, straight to
     the Function or the kernel; with `launch` None (a graph is being built) through the op,
     whose kernel reads the settings when it runs."""
-    gating = {} if side is None else {_MASK_ARGUMENT[side]: mask}
+    masks = _NO_MASKS if side is None else _MASKS[side](mask)
     if launch is None:
         if recorded:
-            return torch.ops.fusedgrad.gemm(a, b, relu, **gating)
+            return torch.ops.fusedgrad.gemm(a, b, relu, *masks)
         with torch._C._AutoDispatchBelowAutograd():
-            return torch.ops.fusedgrad.gemm(a, b, relu, **gating)
+            return torch.ops.fusedgrad.gemm(a, b, relu, *masks)
     if recorded:
         return GemmFunction.apply(a, b, relu, mask, side, launch)
-    return gemm_kernel(a, b, relu, **gating, launch=launch)
+    return gemm_kernel(a, b, relu, *masks, launch=launch)
 
 
 def _launch_of(ctx, *tensors) -> dispatch.Launch | None:
