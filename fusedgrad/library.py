@@ -38,7 +38,13 @@ def eager(*tensors: torch.Tensor) -> bool:
     exporting, no dispatch mode active (FakeTensor, functionalization, proxy tracing, opcheck),
     and no tensor subclass (which may intercept ops) among `tensors`. torch.func transforms are eager: the
     Functions carry their own rules for them."""
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():  # is_compiling first: Dynamo folds it
+    return not torch.compiler.is_compiling() and untraced(*tensors)  # is_compiling first: Dynamo folds it
+
+
+def untraced(*tensors) -> bool:
+    """`eager` less the question Dynamo needs answered first: for code Dynamo does not trace
+    (backward, which only compiled autograd traces, and then on FakeTensors)."""
+    if torch._C._len_torch_dispatch_stack():
         return False
     for t in tensors:  # a loop, not all(...): this runs on every eager call
         if type(t) not in _PLAIN_TYPES and isinstance(t, torch.Tensor):  # not tensors: the checks say
@@ -102,6 +108,4 @@ def refuse_transforms(op: str) -> None:
 def bump_versions(*tensors: torch.Tensor) -> None:
     """Mark `tensors` as written in place (what torch's in-place ops do), so that autograd
     refuses a saved copy of them that has since changed. Inference tensors have no version."""
-    written = [t for t in tensors if not t.is_inference()]
-    if written:
-        torch.autograd.graph.increment_version(written)
+    torch.autograd.graph.increment_version([t for t in tensors if not t.is_inference()])

@@ -127,7 +127,7 @@ def _launch_of(ctx, *tensors) -> dispatch.Launch | None:
     forward ran eagerly but they are traced (compiled autograd) or batched by torch's older
     vmap (`autograd.grad(..., is_grads_batched=True)`, `hessian(..., vectorize=True)`), which
     runs an op without a batching rule slice by slice."""
-    if ctx.launch is None or not library.eager(*tensors):
+    if ctx.launch is None or not library.untraced(*tensors):
         return None
     for t in tensors:
         if t is not None and torch._C._functorch.is_legacy_batchedtensor(t):

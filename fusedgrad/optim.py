@@ -46,10 +46,15 @@ class SGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params = [param for param in group["params"] if param.grad is not None]
-            grads = [param.grad for param in params]
-            if any(grad.is_sparse for grad in grads):
-                raise ValueError("SGD: sparse gradients are not supported")
+            params, grads = [], []
+            for param in group["params"]:
+                grad = param.grad
+                if grad is None:
+                    continue
+                if grad.is_sparse:
+                    raise ValueError("SGD: sparse gradients are not supported")
+                params.append(param)
+                grads.append(grad)
             lr = group["lr"]
             lr_tensor, lr_number = (lr, 0.0) if isinstance(lr, torch.Tensor) else (None, lr)
             if library.eager(*params, *grads):
@@ -79,15 +84,14 @@ def sgd_kernel(params: list[torch.Tensor], grads: list[torch.Tensor], lr_tensor:
         bucket_grads.append(grad)
     for device, _, _ in buckets:
         check_lr(rate, "SGD.step", device)  # before any write: a group's lr may have been set since
-    for (device, dtype, backend), (bucket_params, bucket_grads) in buckets.items():
-        with torch.no_grad():
-            if backend == "triton":
-                dispatch.load_kernels().sgd_step(bucket_params, bucket_grads, rate)
-                library.bump_versions(*bucket_params)
-            elif lr_tensor is not None:
-                torch._foreach_sub_(bucket_params, torch._foreach_mul(bucket_grads, rate))
-            else:
-                torch._foreach_add_(bucket_params, bucket_grads, alpha=-rate)
+    for (device, dtype, backend), (bucket_params, bucket_grads) in buckets.items():  # under no_grad: SGD.step's, the op's
+        if backend == "triton":
+            dispatch.load_kernels().sgd_step(bucket_params, bucket_grads, rate)
+            library.bump_versions(*bucket_params)
+        elif lr_tensor is not None:
+            torch._foreach_sub_(bucket_params, torch._foreach_mul(bucket_grads, rate))
+        else:
+            torch._foreach_add_(bucket_params, bucket_grads, alpha=-rate)
 
 
 def _sgd_fake(params, grads, lr_tensor, lr) -> None:
