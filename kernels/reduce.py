@@ -9,13 +9,18 @@ import torch
 import triton
 import triton.language as tl
 
-from .precision import accumulator_dtype
+from .precision import KERNEL_DTYPES, accumulator_dtype
 
 
 def accumulator(dtype: torch.dtype):
-    """The Triton type that sums and products of `dtype` elements are carried in: float64 for
-    float64, float32 for the rest (16-bit inputs accumulate in float32)."""
-    return tl.float64 if accumulator_dtype(dtype) == torch.float64 else tl.float32
+    """The Triton type that sums and products of `dtype` elements are carried in: the Triton
+    twin of `precision.accumulator_dtype` (float64 for float64, else float32), looked up in a
+    table built from it, because every launch asks."""
+    return _ACCUMULATORS[dtype]
+
+
+_ACCUMULATORS = {dtype: tl.float64 if accumulator_dtype(dtype) == torch.float64 else tl.float32
+                 for dtype in KERNEL_DTYPES}
 
 
 @triton.jit
