@@ -36,8 +36,8 @@ _AUTOCAST_KEYS = {"cpu": torch._C.DispatchKey.AutocastCPU, "cuda": torch._C.Disp
 def eager(*tensors: torch.Tensor) -> bool:
     """Whether nothing but the kernels themselves would see this call: not compiling or
     exporting, no dispatch mode active (FakeTensor, functionalization, proxy tracing, opcheck),
-    and no tensor subclass (which may intercept ops) among `tensors`. torch.func transforms are eager: the
-    Functions carry their own rules for them."""
+    and no tensor subclass (which may intercept ops) among `tensors`. torch.func transforms are
+    eager: the Functions carry their own rules for them."""
     return not torch.compiler.is_compiling() and untraced(*tensors)  # is_compiling first: Dynamo folds it
 
 

@@ -82,7 +82,7 @@ def sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], lr: float | 
             raise ValueError(f"sgd: parameter {tuple(param.shape)} {param.dtype} and gradient "
                              f"{tuple(grad.shape)} {grad.dtype} must be contiguous and alike")
     # launch (nothing to allocate, but an exact float64 rate)
-    if params:
+    if params and params[0].dtype == torch.float64:
         lr = rate_argument(lr, params[0].dtype, params[0].device)
     lr_ptr = lr if isinstance(lr, torch.Tensor) else None
     for first in range(0, len(params), MAX_TENSORS):
