@@ -36,7 +36,8 @@ def two_layer_sgd_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: t
     loss_config, programs = gemm.plan(batch, d_out, hidden, x.dtype, x.device)
     partials = torch.empty(programs, dtype=accumulator_dtype(x.dtype), device=x.device)
     loss = torch.empty((), dtype=accumulator_dtype(x.dtype), device=x.device)
-    lr = sgd.rate_argument(lr, x.dtype, x.device)
+    if x.dtype == torch.float64:
+        lr = sgd.rate_argument(lr, x.dtype, x.device)
     # launch
     settings = dict(fp32_precision=fp32_precision, tuner=tuner)
     gemm.launch(x, w1, h, epilogue="relu", **settings)
