@@ -21,14 +21,22 @@ from .kernels.precision import AUTO_DTYPES, KERNEL_DTYPES
 
 
 def load_kernels():
-    """`fusedgrad.kernels` with its launchers loaded (and so triton imported)."""
+    """`fusedgrad.kernels` with its launchers loaded (and so triton imported). Every Triton
+    launch asks, so after the first success it is a global's read, not an import statement."""
+    global _loaded
+    if _loaded is not None:
+        return _loaded
     try:
         from . import kernels
         kernels.gemm  # the launchers import triton on first access
     except ImportError as error:
         raise RuntimeError(f"backend 'triton' needs the triton package, which failed to import "
                            f"({error}); use backend 'aten' or 'auto'") from error
+    _loaded = kernels
     return kernels
+
+
+_loaded = None  # fusedgrad.kernels, once its launchers have loaded
 
 
 def resolve(tensor: torch.Tensor, *, gemm: bool = False) -> str:
