@@ -30,7 +30,7 @@ from .checks import autocast
 
 LIBRARY = torch.library.Library("fusedgrad", "DEF")
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
-_AUTOCAST_KEYS = {"cpu": torch._C.DispatchKey.AutocastCPU, "cuda": torch._C.DispatchKey.AutocastCUDA}
+_AUTOCAST_KEYS = (torch._C.DispatchKey.AutocastCPU, torch._C.DispatchKey.AutocastCUDA)
 
 
 def eager(*tensors: torch.Tensor) -> bool:
@@ -71,7 +71,7 @@ def define(schema: str, kernel: Callable, fake: Callable, autograd: Callable | N
     if autograd is not None:
         LIBRARY.impl(name, autograd, "Autograd")
     if autocast_dtype is not False:
-        for device_type, key in _AUTOCAST_KEYS.items():
+        for key in _AUTOCAST_KEYS:
             LIBRARY.impl(name, _autocast_kernel(op.default, key, autocast_dtype), key.name)
     return op
 
@@ -103,6 +103,12 @@ def refuse_transforms(op: str) -> None:
         raise RuntimeError(f"torch.ops.fusedgrad.{op} called inside a torch.func transform: the operators do "
                            f"not support torch.func; call fusedgrad.{op.removesuffix('_and_grad')} instead, "
                            f"which does")
+
+
+def lr_arguments(lr: float | torch.Tensor) -> tuple[torch.Tensor | None, float]:
+    """A learning rate as the in-place ops' schemas take it: (lr_tensor, lr), the tensor or None
+    and the number (0.0 beside a tensor), since a schema argument has one type."""
+    return (lr, 0.0) if isinstance(lr, torch.Tensor) else (None, lr)
 
 
 def bump_versions(*tensors: torch.Tensor) -> None:

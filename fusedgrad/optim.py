@@ -55,8 +55,7 @@ class SGD(torch.optim.Optimizer):
                     raise ValueError("SGD: sparse gradients are not supported")
                 params.append(param)
                 grads.append(grad)
-            lr = group["lr"]
-            lr_tensor, lr_number = (lr, 0.0) if isinstance(lr, torch.Tensor) else (None, lr)
+            lr_tensor, lr_number = library.lr_arguments(group["lr"])
             if library.eager(*params, *grads):
                 sgd_kernel(params, grads, lr_tensor, lr_number)
             elif params:

@@ -79,7 +79,7 @@ def train_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: torch.Ten
     and returns the step's loss (computed before the update; a 0-d float32 tensor, float64 for
     float64 inputs: a 16-bit sum of squares would overflow) without a host sync. The step computes in its inputs' dtype, inside torch.autocast too: it updates
     the weights in place, in their dtype. The op is `fusedgrad::train_step_`."""
-    lr_tensor, lr_number = (lr, 0.0) if isinstance(lr, torch.Tensor) else (None, lr)
+    lr_tensor, lr_number = library.lr_arguments(lr)
     if library.eager(x, y, w1, w2):
         return _step_kernel(x, y, w1, w2, lr_tensor, lr_number)
     return torch.ops.fusedgrad.train_step_(x, y, w1, w2, lr_tensor, lr_number)
