@@ -5,13 +5,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
 import sys
 
 import torch
 
+from . import settings
 from .kernels.precision import DTYPES
 from .settings import BACKENDS, use_triton_interpreter
 from .train import MODES, TrainConfig, describe_environment, resolve_device, resolve_mode, train
+
+
+# What torch.Generator.manual_seed accepts (a negative seed is taken modulo 2**64).
+SEEDS = range(-2**63, 2**64)
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit code 2), not a usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _positive(kind):
@@ -22,9 +36,22 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
         if not value > 0:  # also rejects NaN
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
         return value
     parse.__name__ = f"positive {kind.__name__}"
     return parse
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+    if value not in SEEDS:
+        raise argparse.ArgumentTypeError(f"must be from -2**63 to 2**64 - 1 (what torch.manual_seed takes), "
+                                         f"got {text}")
+    return value
 
 
 def _device(text: str) -> str:
@@ -41,7 +68,7 @@ def _device(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m fusedgrad",
         description="Train the tutorial's two-layer network y = relu(x @ w1) @ w2 with SGD "
                     "on sum((y_pred - y)^2), using fusedgrad's fused ops.")
@@ -51,14 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hidden", type=_positive(int), default=defaults.hidden, help="H")
     parser.add_argument("--d-out", type=_positive(int), default=defaults.d_out, help="D_out")
     parser.add_argument("--lr", type=_positive(float), default=defaults.lr)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=_seed, default=defaults.seed)
     parser.add_argument("--device", type=_device, default=defaults.device,
                         help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--dtype", choices=sorted(DTYPES, key=lambda name: name != defaults.dtype),  # default first
                         default=defaults.dtype,
                         help="float16 overflows at the tutorial's scale (losses ~1e7)")
-    parser.add_argument("--backend", choices=BACKENDS, default=defaults.backend,
-                        help="auto: Triton on CUDA, ATen on CPU; triton on CPU runs Triton's interpreter")
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="auto: Triton on CUDA, ATen on CPU; triton on CPU runs Triton's interpreter "
+                             f"(default: $FUSEDGRAD_BACKEND, else {defaults.backend})")
     parser.add_argument("--reference", action="store_true",
                         help="run the plain-PyTorch tutorial loop instead (same seed, same data)")
     parser.add_argument("--mode", choices=MODES, default=defaults.mode,
@@ -74,7 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.json:
+        _check_destination(parser, args.json)  # before anything runs: the record comes at the end
+    try:  # the environment's settings, each named by its variable when it is wrong
+        if args.backend is None:
+            args.backend = settings.current_backend()
+        settings.current_fp32_precision(), settings.autotune_enabled(), settings.current_cache_dir()
+    except ValueError as error:
+        parser.error(str(error))
     config = TrainConfig(**{field: getattr(args, field) for field in TrainConfig.__dataclass_fields__})
+    largest = max(config.batch * config.d_in, config.d_in * config.hidden, config.batch * config.hidden)
+    if largest >= 2**62:
+        parser.error(f"sizes too large: --batch {config.batch} --d-in {config.d_in} --hidden {config.hidden} "
+                     f"--d-out {config.d_out} make a tensor of {largest} elements")
     device = resolve_device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {config.device}: CUDA is not available on this machine")
@@ -90,9 +130,35 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     return config, args
 
 
+def _check_destination(parser: argparse.ArgumentParser, path: str) -> None:
+    """Exit with one line unless a file can be written at `path` (tried: opened for appending,
+    and removed again where it did not exist)."""
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as error:
+        parser.error(f"--json {path}: cannot write there ({error.strerror})")
+    if not existed:
+        os.remove(path)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
 def main(argv: list[str] | None = None) -> int:
     config, args = parse_args(argv)
-    result = train(config)
+    try:
+        result = train(config)
+    except (RuntimeError, MemoryError) as error:
+        if not _out_of_memory(error):
+            raise
+        print(f"{build_parser().prog}: error: out of memory for --batch {config.batch} --d-in {config.d_in} "
+              f"--hidden {config.hidden} --d-out {config.d_out} ({config.dtype} on {resolve_device(config.device)})",
+              file=sys.stderr)
+        return 2
     summary = (f"Summary: device {result.device} | backend {result.backend} | mode {result.mode} | dtype {config.dtype} | "
                f"{result.steps} steps in {result.seconds:.3f} s | {result.steps_per_second:.1f} steps/s "
                f"(wall time after 1 warm-up step)")
@@ -102,8 +168,12 @@ def main(argv: list[str] | None = None) -> int:
                   "losses": {str(step): loss for step, loss in result.losses.items()},
                   "seconds": result.seconds, "steps_per_second": result.steps_per_second, "summary": summary,
                   "environment": describe_environment(resolve_device(config.device))}
-        with open(args.json, "w") as file:
-            json.dump(record, file, indent=2)
+        try:
+            with open(args.json, "w") as file:
+                json.dump(record, file, indent=2)
+        except OSError as error:
+            print(f"{build_parser().prog}: error: --json {args.json}: {error.strerror}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -3,8 +3,8 @@ TypeError or ValueError naming the argument, its shape and dtype, before any wor
 
 from __future__ import annotations
 
-import math
 import numbers
+import sys
 
 import torch
 
@@ -62,5 +62,54 @@ def check_lr(lr: object, where: str, device: torch.device | None = None) -> None
         return
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
         raise TypeError(f"{where}: lr must be a number or a 0-d tensor, got {type(lr).__name__}")
-    if not (math.isfinite(lr) and lr >= 0):
+    if not 0 <= lr <= sys.float_info.max:  # false for NaN and infinities; exact for huge ints
         raise ValueError(f"{where}: lr must be finite and >= 0, got {lr}")
+
+
+def check_writable(where: str, name: str, t: torch.Tensor) -> None:
+    """Raise unless `t` can be updated in place element by element, as the fused updates do:
+    not an inference tensor outside inference mode (RuntimeError, as torch's in-place ops), and
+    no two elements at one address (ValueError): an expanded view (a stride 0) or any layout
+    whose elements cannot be shown to be distinct, which an update would write twice."""
+    if t.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{where}: {name} is an inference tensor, which cannot be updated in place outside "
+                           f"torch.inference_mode(); clone it first")
+    if not distinct_elements(t):
+        raise ValueError(f"{where}: {name} of shape {tuple(t.shape)} and strides {t.stride()} has elements that "
+                         f"share memory (an expanded or overlapping view), so it cannot be updated in place; pass "
+                         f"a copy (.contiguous())")
+
+
+def distinct_elements(t: torch.Tensor) -> bool:
+    """Whether every element of `t` has its own address. Sufficient test: with the dimensions
+    taken by increasing stride, each stride exceeds the farthest offset the smaller ones reach
+    (what holds for every dense layout and its slices). It misses only interleavings such as
+    strides (3, 2) for shape (2, 3), which no usual view makes, so those count as shared."""
+    if t.is_contiguous() or t.numel() == 0:
+        return True
+    farthest = 0
+    for stride, size in sorted((stride, size) for size, stride in zip(t.shape, t.stride()) if size != 1):
+        if stride <= farthest:
+            return False
+        farthest += stride * (size - 1)
+    return True
+
+
+def memory_span(t: torch.Tensor) -> tuple[int, int]:
+    """[first, end) byte addresses of `t`'s elements ((0, 0) when it has none)."""
+    if t.numel() == 0:
+        return 0, 0
+    start = t.data_ptr()
+    if t.is_contiguous():
+        return start, start + t.numel() * t.element_size()
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return start, start + (last + 1) * t.element_size()
+
+
+def share_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the address ranges of `a` and `b` meet (so they may share an element). Meta
+    tensors have no memory."""
+    if a.is_meta or b.is_meta:
+        return False
+    (a_start, a_end), (b_start, b_end) = memory_span(a), memory_span(b)
+    return a_start < b_end and b_start < a_end

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -15,6 +17,11 @@ class TwoLayerNet(nn.Module):
 
     def __init__(self, d_in: int, hidden: int, d_out: int, *, device=None, dtype=None,
                  generator: torch.Generator | None = None):
+        for name, size in (("d_in", d_in), ("hidden", hidden), ("d_out", d_out)):
+            if isinstance(size, bool) or not isinstance(size, numbers.Integral):
+                raise TypeError(f"TwoLayerNet: {name} must be an int, got {type(size).__name__}")
+            if size < 0:
+                raise ValueError(f"TwoLayerNet: {name} must be >= 0, got {size}")
         super().__init__()
         self.w1 = nn.Parameter(torch.randn(d_in, hidden, generator=generator).to(device, dtype))
         self.w2 = nn.Parameter(torch.randn(hidden, d_out, generator=generator).to(device, dtype))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from . import dispatch, library, settings
-from .checks import check_lr, check_operands
+from .checks import check_lr, check_operands, check_writable, share_memory
 from .kernels.precision import accumulator_dtype
 
 
@@ -28,6 +28,23 @@ def _check(x, y, w1, w2, lr) -> None:
         raise ValueError(f"train_step: empty dimension in x {tuple(x.shape)}, w1 {tuple(w1.shape)}, "
                          f"w2 {tuple(w2.shape)}")
     check_lr(lr, "train_step", x.device)
+    check_writable("train_step", "w1", w1)
+    check_writable("train_step", "w2", w2)
+
+
+def _read_apart(x, w1, w2, lr):
+    """(x, lr) as the step may read them. The step writes w1 and w2 while it still reads x
+    (x.T @ grad_h updates w1) and lr, so where they share memory with a weight they are copied
+    first; y is read only before any write. Weights that share memory are refused: the step
+    would write some elements twice."""
+    if share_memory(w1, w2):
+        raise ValueError(f"train_step: w1 {tuple(w1.shape)} and w2 {tuple(w2.shape)} share memory; the step "
+                         f"updates both in place, so each must have memory of its own")
+    if share_memory(x, w1) or share_memory(x, w2):
+        x = x.clone()
+    if isinstance(lr, torch.Tensor) and (share_memory(lr, w1) or share_memory(lr, w2)):
+        lr = lr.clone()
+    return x, lr
 
 
 @torch.no_grad()
@@ -52,6 +69,7 @@ def _step_kernel(x, y, w1, w2, lr_tensor, lr):
     """The CPU and CUDA kernel of `fusedgrad::train_step_`."""
     lr = lr if lr_tensor is None else lr_tensor
     _check(x, y, w1, w2, lr)
+    x, lr = _read_apart(x, w1, w2, lr)
     with torch.no_grad():
         if dispatch.resolve(x) == "triton":
             loss = dispatch.load_kernels().two_layer_sgd_step(x, y, w1, w2, lr, settings.kernel_fp32_precision(),
@@ -77,8 +95,12 @@ def train_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: torch.Ten
                lr: float | torch.Tensor) -> torch.Tensor:
     """One SGD step of `relu(x @ w1) @ w2` on `sum((y_pred - y)**2)`: updates w1 and w2 in place
     and returns the step's loss (computed before the update; a 0-d float32 tensor, float64 for
-    float64 inputs: a 16-bit sum of squares would overflow) without a host sync. The step computes in its inputs' dtype, inside torch.autocast too: it updates
-    the weights in place, in their dtype. The op is `fusedgrad::train_step_`."""
+    float64 inputs: a 16-bit sum of squares would overflow) without a host sync. The step
+    computes in its inputs' dtype, inside torch.autocast too: it updates the weights in place,
+    in their dtype. Refused before anything is written: weights that are expanded or overlap
+    themselves or each other, inference tensors outside inference mode, and `lr` outside the
+    rule of `checks.check_lr`. x or lr sharing memory with a weight is read from a copy. The op
+    is `fusedgrad::train_step_`."""
     lr_tensor, lr_number = library.lr_arguments(lr)
     if library.eager(x, y, w1, w2):
         return _step_kernel(x, y, w1, w2, lr_tensor, lr_number)

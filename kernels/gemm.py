@@ -125,6 +125,8 @@ def _matmul_kernel(
     PERSISTENT: tl.constexpr,      # a resident grid (about one program per multiprocessor) walks
     # the tiles, stepping by the grid size; SPLIT_K must be 1
     ACC_DTYPE: tl.constexpr,       # `reduce.accumulator` of the inputs' dtype: fp64 for fp64, else fp32
+    DOT_FP32: tl.constexpr,        # multiply the tiles as fp32 (Triton's interpreter only, whose
+    # bfloat16 dot is wrong; a bf16 product is exact in fp32, so the result is a bf16 dot's)
 ):
     tl.static_assert(not PERSISTENT or SPLIT_K == 1, "a persistent launch takes SPLIT_K 1")
     # A persistent program computes tiles program_id, program_id + num_programs, ...; any
@@ -184,6 +186,8 @@ def _matmul_kernel(
                 a = tl.where(gate <= 0, 0.0, a)
             if MASK_OPERAND == 2:
                 b = tl.where(gate <= 0, 0.0, b)
+            if DOT_FP32:
+                a, b = a.to(tl.float32), b.to(tl.float32)
             acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
         finish = True
@@ -366,6 +370,7 @@ def _enqueue(args: GemmArgs, config: GemmConfig) -> None:
         EPILOGUE=args.epilogue,
         INPUT_PRECISION=args.input_precision,
         ACC_DTYPE=accumulator(args.a.dtype),
+        DOT_FP32=INTERPRETED and args.a.dtype == torch.bfloat16,
         **stored_t,
         **meta,
     )
@@ -443,6 +448,14 @@ def matmul(
     autotunes the tiles (see `tuning`).
     """
     # check
+    for name, t in (("a", a), ("b", b), ("a_relu_mask", a_relu_mask), ("b_relu_mask", b_relu_mask),
+                    ("out_relu_mask", out_relu_mask)):
+        if t is None and name not in ("a", "b"):
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"matmul: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 2:
+            raise ValueError(f"matmul: {name} must be 2-D, got shape {tuple(t.shape)}")
     M, K = a.shape
     K_b, N = b.shape
     if K != K_b or a.dtype != b.dtype or a.device != b.device:
