@@ -133,3 +133,37 @@ def test_the_step_ignores_autocast():
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(w1, ref[2])
+
+
+def square_problem(device, size=40):
+    """x, y, w1, w2 all (size, size), so that any of them may stand in for another; several
+    output tiles per GEMM, so a read after another tile's write would show."""
+    return [torch.randn(size, size, device=device) for _ in range(4)]
+
+
+# name -> the call's (x, y, w1, w2, lr), made from fresh square tensors and lr: where x, y or lr
+# share memory with a weight, the step must give what it gives on copies of them.
+SHARED = {
+    "x is w1": lambda x, y, w1, w2, lr: (w1, y, w1, w2, lr),
+    "x is w1.T": lambda x, y, w1, w2, lr: (w1.T, y, w1, w2, lr),
+    "x is w2": lambda x, y, w1, w2, lr: (w2, y, w1, w2, lr),
+    "x overlaps w1": lambda x, y, w1, w2, lr: (lambda buffer: (buffer[20:60], y, buffer[:40], w2, lr))(
+        torch.cat([w1, x])),
+    "y is w2": lambda x, y, w1, w2, lr: (x, w2, w1, w2, lr),
+    "y is w1": lambda x, y, w1, w2, lr: (x, w1, w1, w2, lr),
+    "lr in w2": lambda x, y, w1, w2, lr: (x, y, w1, w2, w2[3, 5]),
+}
+
+
+@pytest.mark.parametrize("case", SHARED)
+@pytest.mark.parametrize("backend, device", [("aten", "cpu"), ("triton", kernel_device())], ids=["aten", "triton"])
+def test_inputs_sharing_memory_with_a_weight_give_the_step_on_copies(backend, device, case):
+    x, y, w1, w2 = square_problem(device)
+    w2[3, 5] = 1e-3  # a usable rate where the lr case reads one
+    x, y, w1, w2, lr = SHARED[case](x, y, w1, w2, 1e-3)
+    copies = [t.clone() for t in (x, y, w1, w2)] + [lr.clone() if isinstance(lr, torch.Tensor) else lr]
+    with fusedgrad.backend(backend):
+        expected = fusedgrad.train_step(*copies)
+        loss = fusedgrad.train_step(x, y, w1, w2, lr)
+    assert torch.equal(loss, expected)
+    assert torch.equal(w1, copies[2]) and torch.equal(w2, copies[3])

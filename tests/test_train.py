@@ -68,12 +68,48 @@ def test_cli_reference_mode(capsys):
     (["--device", "tpu"], "--device: "),
     (["--device", "cpu", "--cuda-graph"], "a CUDA graph needs a CUDA device"),
     (["--mode", "fast"], "invalid choice: 'fast'"),
+    (["--lr", "inf"], "--lr: must be finite"),
+    (["--seed", str(2**70)], "--seed: must be from -2**63 to 2**64 - 1"),
+    (["--seed", "1.5"], "--seed: expected an int"),
+    (["--json", "/no/such/folder/run.json"], "--json /no/such/folder/run.json: cannot write there"),
+    (["--json", "."], "--json .: cannot write there (Is a directory)"),
+    (["--json", f"{__file__}/run.json"], "cannot write there (Not a directory)"),  # under a file
+    (["--d-in", str(10**20)], "sizes too large: --batch 64 --d-in 100000000000000000000"),
 ])
 def test_cli_rejects_bad_flags(flags, message, capsys):
+    """One line on stderr, exit code 2, before any training step."""
     with pytest.raises(SystemExit) as exit_info:
-        main(flags)
+        main(["--device", "cpu", *flags])
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert captured.err.count("\n") == 1 and captured.out == ""
+
+
+@pytest.mark.parametrize("variable, value", [("FUSEDGRAD_FP32_PRECISION", "bogus"), ("FUSEDGRAD_BACKEND", "cublas"),
+                                             ("FUSEDGRAD_AUTOTUNE", "maybe")])
+def test_cli_names_a_bad_environment_setting(variable, value, monkeypatch, capsys):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--device", "cpu", "--steps", "1"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert f"environment variable {variable}: " in captured.err and repr(value) in captured.err
+    assert captured.err.count("\n") == 1 and captured.out == ""
+
+
+def test_cli_backend_defaults_to_the_environment(monkeypatch, capsys):
+    monkeypatch.setenv("FUSEDGRAD_BACKEND", "aten")
+    assert main(["--device", "cpu", "--steps", "1", "--batch", "4", "--d-in", "8"]) == 0
+    assert "| backend aten |" in capsys.readouterr().out
+
+
+def test_cli_out_of_memory_is_one_line_naming_the_sizes(capsys):
+    """A size the machine cannot hold (here 2.5 PB of x) ends in one line, not a traceback."""
+    assert main(["--device", "cpu", "--d-in", str(10**13), "--steps", "1"]) == 2
+    captured = capsys.readouterr()
+    assert "out of memory for --batch 64 --d-in 10000000000000 --hidden 100 --d-out 10 (float32 on cpu)" in captured.err
+    assert captured.err.count("\n") == 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
