@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                     MASK_OPERAND=mask_operand, EPILOGUE=epilogue, INPUT_PRECISION=precision,
                     BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=split_k,
                     TMA=tma, A_STORED_T=a_t, B_STORED_T=b_t, GATE_STORED_T=gate_t, PERSISTENT=persistent,
-                    ACC_DTYPE=tl.float64 if dtype == "fp64" else tl.float32, DOT_FP32=False)
+                    ACC_DTYPE=tl.float64 if dtype == "fp64" else tl.float32, BF16_AS_FP32=False)
 
     def tma_types(dtype, constexprs):
         """Pointer types, but a, b and the gate as tensor descriptors of their storage blocks."""

@@ -56,7 +56,8 @@ def train_step_reference(x, y, w1, w2, lr) -> torch.Tensor:
     loss = torch.dot(difference, difference)            # sum of squares, one kernel
     grad_y.mul_(2)
     grad_h = torch.ops.aten.threshold_backward(torch.mm(grad_y, w2.T), h, 0)  # uses the old w2
-    if isinstance(lr, torch.Tensor):
+    if isinstance(lr, torch.Tensor) or lr == 0:  # addmm_ skips the product at alpha 0 (BLAS's rule), which
+        # would hide NaN and Inf gradients that an update by lr * grad propagates, as torch.optim.SGD's does
         w2.sub_(torch.mm(h.T, grad_y).mul_(lr))
         w1.sub_(torch.mm(x.T, grad_h).mul_(lr))
     else:

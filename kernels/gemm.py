@@ -125,8 +125,9 @@ def _matmul_kernel(
     PERSISTENT: tl.constexpr,      # a resident grid (about one program per multiprocessor) walks
     # the tiles, stepping by the grid size; SPLIT_K must be 1
     ACC_DTYPE: tl.constexpr,       # `reduce.accumulator` of the inputs' dtype: fp64 for fp64, else fp32
-    DOT_FP32: tl.constexpr,        # multiply the tiles as fp32 (Triton's interpreter only, whose
-    # bfloat16 dot is wrong; a bf16 product is exact in fp32, so the result is a bf16 dot's)
+    BF16_AS_FP32: tl.constexpr,    # Triton's interpreter only, whose bfloat16 dots and comparisons
+    # are wrong: bf16 tiles are widened to fp32 as they are loaded (exactly; a product of two
+    # bf16 values is exact in fp32, so the dot is a bf16 dot with fp32 accumulation)
 ):
     tl.static_assert(not PERSISTENT or SPLIT_K == 1, "a persistent launch takes SPLIT_K 1")
     # A persistent program computes tiles program_id, program_id + num_programs, ...; any
@@ -181,13 +182,15 @@ def _matmul_kernel(
                     gate = tl.load(gate_ptr + rows_m * stride_gate_0 + k_row * stride_gate_1, mask=mask_a, other=0.0)
                 if MASK_OPERAND == 2:
                     gate = tl.load(gate_ptr + k_col * stride_gate_0 + cols_n * stride_gate_1, mask=mask_b, other=0.0)
+            if BF16_AS_FP32:
+                a, b = a.to(tl.float32), b.to(tl.float32)
+                if MASK_OPERAND != 0:
+                    gate = gate.to(tl.float32)
             # NaN gate: `<=` is false, so the gradient passes, as in torch's threshold_backward.
             if MASK_OPERAND == 1:
                 a = tl.where(gate <= 0, 0.0, a)
             if MASK_OPERAND == 2:
                 b = tl.where(gate <= 0, 0.0, b)
-            if DOT_FP32:
-                a, b = a.to(tl.float32), b.to(tl.float32)
             acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
 
         finish = True
@@ -214,7 +217,10 @@ def _matmul_kernel(
                 # `acc < 0` is false for NaN, so NaN propagates (tl.maximum would drop it).
                 acc = tl.where(acc < 0, 0.0, acc)
             if EPILOGUE == "relu_mask":
-                acc = tl.where(tl.load(aux_ptrs, mask=in_c, other=0.0) <= 0, 0.0, acc)
+                relu_out = tl.load(aux_ptrs, mask=in_c, other=0.0)
+                if BF16_AS_FP32:
+                    relu_out = relu_out.to(tl.float32)
+                acc = tl.where(relu_out <= 0, 0.0, acc)
             if EPILOGUE == "squared_error":
                 # d = prediction - target; this tile's sum of d**2, and C = scale * d (the gradient).
                 diff = tl.where(in_c, acc - tl.load(aux_ptrs, mask=in_c, other=0.0).to(ACC_DTYPE), 0.0)
@@ -340,6 +346,10 @@ def _split_k_scratch(config: GemmConfig, tiles: int, dtype: torch.dtype, device:
     return workspace, torch.zeros(tiles, dtype=torch.int32, device=device)
 
 
+def _has_bf16(args: GemmArgs) -> bool:
+    return any(t is not None and t.dtype == torch.bfloat16 for t in (args.a, args.gate, args.aux))
+
+
 def _strides(t: torch.Tensor | None) -> tuple[int, int]:
     return (0, 0) if t is None else t.stride()
 
@@ -370,7 +380,7 @@ def _enqueue(args: GemmArgs, config: GemmConfig) -> None:
         EPILOGUE=args.epilogue,
         INPUT_PRECISION=args.input_precision,
         ACC_DTYPE=accumulator(args.a.dtype),
-        DOT_FP32=INTERPRETED and args.a.dtype == torch.bfloat16,
+        BF16_AS_FP32=INTERPRETED and _has_bf16(args),
         **stored_t,
         **meta,
     )
