@@ -8,6 +8,8 @@ default) without its profiler and compiler wrappers, whose host time counts wher
 host-bound.
 Elsewhere (CPU, float64, the "aten" backend) the step is `torch._foreach_add_`, what
 `torch.optim.SGD` itself runs. The op is `fusedgrad::sgd_`, declared as writing the parameters.
+A step checks every group (rates, parameters that cannot be written in place, parameters sharing
+memory with each other or with gradients) before it updates any: a refused step changes nothing.
 """
 
 from __future__ import annotations

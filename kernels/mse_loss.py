@@ -60,7 +60,9 @@ def mse_loss_and_grad(input: torch.Tensor, target: torch.Tensor, mean: bool) -> 
         raise ValueError(f"mse_loss: input {tuple(input.shape)} {input.dtype} on {input.device} does not "
                          f"match target {tuple(target.shape)} {target.dtype} on {target.device}")
     # allocate
-    flat_input, flat_target = input.reshape(-1), target.reshape(-1)  # copies only if strided
+    # The kernel reads unit-stride rows. Not reshape(-1): it returns a strided view where one
+    # exists (a single sliced row, an expanded one), which the kernel would misread.
+    flat_input, flat_target = input.contiguous().view(-1), target.contiguous().view(-1)  # copies only if strided
     n = flat_input.numel()
     grad = torch.empty(input.shape, dtype=input.dtype, device=input.device)
     loss = torch.empty((), dtype=input.dtype, device=input.device)

@@ -132,6 +132,20 @@ def test_mse_loss_matches_float64(backend):
     check()
 
 
+def step_magnitudes(x, y, w1, w2, lr) -> tuple[float, float, float]:
+    """The norms that the step's loss, w1 and w2 are computed to within rounding of: each
+    quantity of the step with every term taken by its absolute value (Inf and NaN as 0), so that
+    results whose terms cancel (a loss near zero, a weight its update nearly zeroes) are held to
+    the rounding of their terms, which is all the step's 16-bit intermediates allow."""
+    x, y, w1, w2 = (torch.nan_to_num(t.detach().double().cpu(), nan=0.0, posinf=0.0, neginf=0.0).abs()
+                    for t in (x, y, w1, w2))
+    hidden = x @ w1
+    difference = hidden @ w2 + y
+    grad_hidden = 2 * difference @ w2.T
+    return ((difference**2).sum().item(), (w1 + lr * x.T @ grad_hidden).norm().item(),
+            (w2 + lr * hidden.T @ (2 * difference)).norm().item())
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_train_step_matches_float64(backend):
     @fuzz(backend)
@@ -148,13 +162,15 @@ def test_train_step_matches_float64(backend):
         rate = torch.tensor(lr, device=device) if tensor_lr else lr
         rate64 = float(rate) if tensor_lr else lr
         reference = [t.detach().cpu().to(torch.float64, copy=True) for t in (x, y, w1, w2)]
+        w1_before, w2_before = reference[2].clone(), reference[3].clone()
         ref_loss = fusedgrad.train_step_reference(*reference, rate64)
         with fusedgrad.backend(backend):
             loss = fusedgrad.train_step(x, y, w1, w2, rate)
+        loss_scale, w1_scale, w2_scale = step_magnitudes(x, y, w1_before, w2_before, rate64)
         assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32) and loss.shape == ()
-        assert_close(loss, ref_loss.to(loss.dtype), name)
-        assert_close(w1, reference[2].to(dtype), name)
-        assert_close(w2, reference[3].to(dtype), name)
+        assert_close(loss, ref_loss.to(loss.dtype), name, loss_scale)
+        assert_close(w1, reference[2].to(dtype), name, w1_scale)
+        assert_close(w2, reference[3].to(dtype), name, w2_scale)
 
     check()
 

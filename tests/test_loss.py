@@ -49,6 +49,26 @@ def test_target_gradient_and_nan(backend, device):
         assert fusedgrad.mse_loss(nan_input, target.detach()).isnan()
 
 
+@pytest.mark.parametrize("layout", ["sliced row", "expanded row", "transposed", "sliced"])
+@pytest.mark.parametrize("backend, device", BACKENDS, ids=["aten", "triton"])
+def test_strided_inputs(backend, device, layout):
+    """Any strides, including those a 1-D view can describe only with a stride other than 1 (a
+    single row of a sliced or an expanded tensor)."""
+    rows = 1 if layout.endswith("row") else 6
+    wide = torch.randn(rows, 11, device=device)
+    strided = {"sliced row": wide[:, 1::2], "expanded row": wide[:, :1].expand(rows, 5),
+               "transposed": torch.randn(5, rows, device=device).T, "sliced": wide[:, 1::2]}[layout]
+    input = torch.randn(rows, 5, device=device)
+    for input, target in ((input, strided), (strided.clone(), input)):
+        input = input.clone().requires_grad_() if input.is_contiguous() else input.detach().requires_grad_()
+        with fusedgrad.backend(backend):
+            loss = fusedgrad.mse_loss(input, target, reduction="sum")
+        loss.backward(torch.tensor(1.0, device=device))
+        ref_loss, ref_grad = float64_reference(input, target, "sum", torch.tensor(1.0))
+        assert_close(loss, ref_loss, "float32")
+        assert_close(input.grad, ref_grad, "float32")
+
+
 def test_triton_loss_is_bitwise_deterministic():
     input = torch.randn(300, 301, device=kernel_device())  # several partial sums
     target = torch.randn(300, 301, device=kernel_device())
