@@ -12,6 +12,7 @@ import sys
 import torch
 
 from . import settings
+from .checks import check_lr
 from .kernels.precision import DTYPES
 from .settings import BACKENDS, use_triton_interpreter
 from .train import MODES, TrainConfig, describe_environment, resolve_device, resolve_mode, train
@@ -36,7 +37,7 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
         if not value > 0:  # also rejects NaN
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be finite, got {text}")
         return value
     parse.__name__ = f"positive {kind.__name__}"
@@ -111,10 +112,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     except ValueError as error:
         parser.error(str(error))
     config = TrainConfig(**{field: getattr(args, field) for field in TrainConfig.__dataclass_fields__})
-    largest = max(config.batch * config.d_in, config.d_in * config.hidden, config.batch * config.hidden)
-    if largest >= 2**62:
+    largest = max(config.batch * config.d_in, config.batch * config.d_out, config.d_in * config.hidden,
+                  config.hidden * config.d_out, config.batch * config.hidden)
+    if largest >= 2**60:  # its size in bytes would not fit in an int64
         parser.error(f"sizes too large: --batch {config.batch} --d-in {config.d_in} --hidden {config.hidden} "
                      f"--d-out {config.d_out} make a tensor of {largest} elements")
+    try:
+        check_lr(config.lr, "--lr", dtype=DTYPES[config.dtype])  # the range the step will apply it in
+    except ValueError as error:
+        parser.error(str(error))
     device = resolve_device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {config.device}: CUDA is not available on this machine")

@@ -50,10 +50,11 @@ def autocast(op_dtype: torch.dtype | None, *tensors):
                  else t for t in tensors)
 
 
-def check_lr(lr: object, where: str, device: torch.device | None = None) -> None:
+def check_lr(lr: object, where: str, device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
     """The one learning-rate rule: a real number, finite and >= 0 (not a bool), or a 0-d
     floating-point tensor (on `device` when given; its value is read on the device, so it is
-    not checked here: that would be a host sync)."""
+    not checked here: that would be a host sync). A number for parameters of `dtype` other
+    than float64 must also be finite in float32, the precision an update applies it in."""
     if isinstance(lr, torch.Tensor):
         if lr.dim() != 0 or not lr.is_floating_point() or (device is not None and lr.device != device):
             place = f" on {device}" if device is not None else ""
@@ -64,6 +65,11 @@ def check_lr(lr: object, where: str, device: torch.device | None = None) -> None
         raise TypeError(f"{where}: lr must be a number or a 0-d tensor, got {type(lr).__name__}")
     if not 0 <= lr <= sys.float_info.max:  # false for NaN and infinities; exact for huge ints
         raise ValueError(f"{where}: lr must be finite and >= 0, got {lr}")
+    if dtype is not None and dtype != torch.float64 and lr > _FLOAT32_MAX:
+        raise ValueError(f"{where}: lr must be finite in float32 for {dtype} parameters, got {lr}")
+
+
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 def check_writable(where: str, name: str, t: torch.Tensor) -> None:
@@ -107,9 +113,37 @@ def memory_span(t: torch.Tensor) -> tuple[int, int]:
 
 
 def share_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether the address ranges of `a` and `b` meet (so they may share an element). Meta
-    tensors have no memory."""
-    if a.is_meta or b.is_meta:
+    """Whether `a` and `b` have an element at a common address. Exact for views of one buffer
+    with the same element size (interleaved columns share none), else whether their address
+    ranges meet. Reads only sizes, strides and addresses: no device work. Meta tensors have no
+    memory."""
+    if a.is_meta or b.is_meta or not a.numel() or not b.numel():
         return False
     (a_start, a_end), (b_start, b_end) = memory_span(a), memory_span(b)
-    return a_start < b_end and b_start < a_end
+    if not (a_start < b_end and b_start < a_end):
+        return False
+    if a.is_contiguous() and b.is_contiguous():
+        return True  # dense ranges that meet
+    size = a.element_size()
+    if b.element_size() != size or (a_start - b_start) % size or a.numel() + b.numel() > _EXACT_LIMIT:
+        return True  # not on one element grid, or too large to enumerate: they may
+    base = min(a_start, b_start)
+    return bool(torch.isin(_offsets(a, (a_start - base) // size), _offsets(b, (b_start - base) // size)).any())
+
+
+_EXACT_LIMIT = 1 << 24  # elements enumerated (on the host) to tell interleaved views apart
+
+
+def _offsets(t: torch.Tensor, first: int) -> torch.Tensor:
+    """The element offsets of `t` from a common base, `first` that of its first element."""
+    offsets = torch.tensor(first, dtype=torch.int64)
+    for size, stride in zip(t.shape, t.stride()):
+        offsets = offsets.unsqueeze(-1) + torch.arange(size, dtype=torch.int64) * stride
+    return offsets.reshape(-1)
+
+
+def same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether `a` and `b` are the same elements in the same places (an update of one by the
+    other, element by element, reads each element before it writes it)."""
+    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+            and a.dtype == b.dtype)

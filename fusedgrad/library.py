@@ -22,6 +22,7 @@ the ops, so that the graph records `fusedgrad::` ops.
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 import torch
@@ -107,8 +108,17 @@ def refuse_transforms(op: str) -> None:
 
 def lr_arguments(lr: float | torch.Tensor) -> tuple[torch.Tensor | None, float]:
     """A learning rate as the in-place ops' schemas take it: (lr_tensor, lr), the tensor or None
-    and the number (0.0 beside a tensor), since a schema argument has one type."""
-    return (lr, 0.0) if isinstance(lr, torch.Tensor) else (None, lr)
+    and the number (0.0 beside a tensor), since a schema argument has one type. A real number
+    becomes a float (a Fraction or a numpy scalar, as every kernel takes it); anything else is
+    passed on for the checks to refuse."""
+    if isinstance(lr, torch.Tensor):
+        return lr, 0.0
+    if isinstance(lr, numbers.Real) and not isinstance(lr, bool):
+        try:
+            return None, float(lr)
+        except OverflowError:  # an int beyond float: the checks refuse it
+            pass
+    return None, lr
 
 
 def bump_versions(*tensors: torch.Tensor) -> None:

@@ -19,7 +19,7 @@ from collections import defaultdict
 import torch
 
 from . import dispatch, library
-from .checks import check_lr, check_writable, memory_span
+from .checks import check_lr, check_writable, memory_span, same_view, share_memory
 
 
 class SGD(torch.optim.Optimizer):
@@ -47,9 +47,8 @@ class SGD(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        groups = []  # (params, grads, names, lr) per parameter group, parameters with a gradient only
+        params, grads, rates, names = [], [], [], []  # every group's parameters with a gradient
         for group_index, group in enumerate(self.param_groups):
-            params, grads, names = [], [], []
             for index, param in enumerate(group["params"]):
                 grad = param.grad
                 if grad is None:
@@ -58,80 +57,98 @@ class SGD(torch.optim.Optimizer):
                     raise ValueError("SGD: sparse gradients are not supported")
                 params.append(param)
                 grads.append(grad)
+                rates.append(group["lr"])
                 names.append(f"param_groups[{group_index}]['params'][{index}]")
-            groups.append((params, grads, names, group["lr"]))
-        every_param = [param for params, _, _, _ in groups for param in params]
-        every_grad = [grad for _, grads, _, _ in groups for grad in grads]
-        if library.eager(*every_param, *every_grad):
-            # Every group checked before any is updated: a refused step changes nothing.
-            check_update(every_param, every_grad, [lr for params, _, _, lr in groups for _ in params],
-                         [name for _, _, names, _ in groups for name in names])
-            for params, grads, _, lr in groups:
-                _update(params, grads, lr)
-        else:  # a graph is being built: the op's kernel checks its group when the graph runs
-            for params, grads, _, lr in groups:
-                if params:
-                    torch.ops.fusedgrad.sgd_(params, grads, *library.lr_arguments(lr))
+        if library.eager(*params, *grads):
+            _update(params, grads, check_update(params, grads, rates, names))
+        elif params:  # a graph is being built: one op for every group, checked as a whole when it runs
+            lr_tensors, lrs = zip(*(library.lr_arguments(rate) for rate in rates))
+            torch.ops.fusedgrad.sgd_(params, grads, list(lr_tensors), list(lrs))
         return loss
 
 
-def check_update(params: list[torch.Tensor], grads: list[torch.Tensor], rates: list, names: list[str]) -> None:
+def check_update(params: list[torch.Tensor], grads: list[torch.Tensor], rates: list, names: list[str]) -> list:
     """Raise, before anything is written, unless `params[i] -= rates[i] * grads[i]` can be
-    applied to all of them: each rate follows the learning-rate rule on its parameter's device,
-    each parameter can be written in place (`check_writable`), and no parameter shares memory
-    with another parameter or with a gradient (`_check_apart`). `names` name them in errors."""
-    for param, rate, name in zip(params, rates, names):
-        check_lr(rate, "SGD.step", param.device)
+    applied to all of them: each rate follows the learning-rate rule for its parameter, each
+    gradient matches its parameter, each parameter can be written in place (`check_writable`),
+    and no parameter shares memory with another parameter or with a gradient (`_check_apart`).
+    `names` name them in errors. Returns the rates as the update reads them: numbers as floats,
+    and a tensor rate that shares memory with a parameter as a copy, since the update may change
+    it first."""
+    if len(params) != len(grads):
+        raise ValueError(f"SGD.step: {len(params)} parameters but {len(grads)} gradients")
+    for param, grad, rate, name in zip(params, grads, rates, names):
+        check_lr(rate, "SGD.step", param.device, param.dtype)
         check_writable("SGD.step", name, param)
+        if grad.shape != param.shape or grad.dtype != param.dtype or grad.device != param.device:
+            raise ValueError(f"SGD.step: the gradient of {name} is {tuple(grad.shape)} {grad.dtype} on {grad.device}, "
+                             f"its parameter {tuple(param.shape)} {param.dtype} on {param.device}")
     _check_apart(params, grads, names)
+    copies: dict = {}  # id of a tensor rate that shares memory with a parameter -> its copy
+    for rate in rates:
+        if isinstance(rate, torch.Tensor) and id(rate) not in copies and any(share_memory(rate, p) for p in params):
+            copies[id(rate)] = rate.clone()
+    # Numbers as floats (a Fraction or a numpy scalar, as the kernels take them).
+    return [copies.get(id(rate), rate) if isinstance(rate, torch.Tensor) else float(rate) for rate in rates]
 
 
 def _check_apart(params: list[torch.Tensor], grads: list[torch.Tensor], names: list[str]) -> None:
-    """Raise unless no parameter shares memory with another parameter or with any gradient:
-    the update of one would change what another reads or writes (one launch updates them all
-    at once; torch's one-by-one loop would instead make the result depend on their order)."""
-    spans = sorted((memory_span(t), kind, index) for kind, tensors in ((0, params), (1, grads))
-                   for index, t in enumerate(tensors) if not t.is_meta and t.numel())
-    farthest = farthest_param = None  # (end, kind, index) of the spans seen so far that reach farthest
-    for (start, end), kind, index in spans:  # by start: an earlier span overlaps this one iff it ends past start
-        other = farthest if kind == 0 else farthest_param
-        if other is not None and other[0] > start:
-            what = [f"{names[i]}" if k == 0 else f"the gradient of {names[i]}" for _, k, i in (other, (end, kind, index))]
-            raise ValueError(f"SGD.step: {what[0]} and {what[1]} share memory; each parameter must have memory "
-                             f"of its own, apart from every gradient")
-        if farthest is None or end > farthest[0]:
-            farthest = (end, kind, index)
-        if kind == 0 and (farthest_param is None or end > farthest_param[0]):
-            farthest_param = (end, kind, index)
+    """Raise if a parameter shares an element with another parameter or with a gradient other
+    than its own in the same places: the update of one would change what another reads or
+    writes (one launch updates them all at once; a loop would make the result depend on the
+    order). Address ranges first, by a sweep: only tensors whose ranges meet are compared."""
+    entries = sorted(((memory_span(t), kind, index, t) for kind, tensors in ((0, params), (1, grads))
+                      for index, t in enumerate(tensors) if not t.is_meta and t.numel()), key=lambda e: e[:3])
+    open_entries: list = []  # entries whose range reaches past the current start
+    for span, kind, index, t in entries:
+        open_entries = [entry for entry in open_entries if entry[0][1] > span[0]]
+        for _, other_kind, other_index, other in open_entries:
+            if kind == other_kind == 1 or (kind != other_kind and index == other_index and same_view(t, other)):
+                continue  # gradients may share; a parameter may be its own gradient, element by element
+            if share_memory(t, other):
+                what = [names[i] if k == 0 else f"the gradient of {names[i]}"
+                        for k, i in ((other_kind, other_index), (kind, index))]
+                raise ValueError(f"SGD.step: {what[0]} and {what[1]} share memory; each parameter must have "
+                                 f"memory of its own, apart from every other gradient")
+        open_entries.append((span, kind, index, t))
 
 
-def sgd_kernel(params: list[torch.Tensor], grads: list[torch.Tensor], lr_tensor: torch.Tensor | None,
-               lr: float) -> None:
-    """The CPU and CUDA kernel of `fusedgrad::sgd_`: params[i] -= lr * grads[i], where lr is
-    lr_tensor when given, after `check_update`."""
-    rate = lr if lr_tensor is None else lr_tensor
-    check_update(params, grads, [rate] * len(params), [f"params[{index}]" for index in range(len(params))])
-    _update(params, grads, rate)
+def sgd_kernel(params: list[torch.Tensor], grads: list[torch.Tensor], lr_tensors: list[torch.Tensor | None],
+               lrs: list[float]) -> None:
+    """The CPU and CUDA kernel of `fusedgrad::sgd_`: params[i] -= rate[i] * grads[i], where
+    rate[i] is lr_tensors[i] when given, else lrs[i], after `check_update`."""
+    rates = _rates(params, lr_tensors, lrs)
+    _update(params, grads, check_update(params, grads, rates, [f"params[{i}]" for i in range(len(params))]))
 
 
-def _update(params: list[torch.Tensor], grads: list[torch.Tensor], rate: float | torch.Tensor) -> None:
-    """params[i] -= rate * grads[i] on checked arguments. Parameters are taken by device, dtype
-    and backend: contiguous ones of a Triton dtype in one Triton launch, the rest by torch's
-    own foreach ops."""
-    buckets: dict = defaultdict(lambda: ([], []))  # (device, dtype, backend) -> params, grads
+def _rates(params, lr_tensors, lrs) -> list:
+    if not len(params) == len(lr_tensors) == len(lrs):
+        raise ValueError(f"sgd_: {len(params)} parameters but {len(lr_tensors)} lr_tensors and {len(lrs)} lrs")
+    return [lr if tensor is None else tensor for tensor, lr in zip(lr_tensors, lrs)]
+
+
+def _update(params: list[torch.Tensor], grads: list[torch.Tensor], rates: list) -> None:
+    """params[i] -= rates[i] * grads[i] on checked arguments. Parameters are taken by device,
+    dtype, backend and rate: contiguous ones of a Triton dtype in one Triton launch, the rest
+    by torch's own foreach ops. Every backend is chosen (which may raise) before any write."""
+    buckets: dict = defaultdict(lambda: ([], []))  # (device, dtype, backend, rate key) -> params, grads
+    bucket_rates: dict = {}
     backends: dict = {}  # (device, dtype) -> the backend for contiguous ones: resolved once
-    for param, grad in zip(params, grads):
+    for param, grad, rate in zip(params, grads, rates):
         if param.is_contiguous() and grad.is_contiguous():
             backend = backends.get((param.device, param.dtype))
             if backend is None:
                 backend = backends[(param.device, param.dtype)] = dispatch.resolve(param)
         else:
             backend = "aten"
-        bucket_params, bucket_grads = buckets[(param.device, param.dtype, backend)]
+        key = (param.device, param.dtype, backend, id(rate) if isinstance(rate, torch.Tensor) else rate)
+        bucket_params, bucket_grads = buckets[key]
         bucket_params.append(param)
         bucket_grads.append(grad)
-    for (device, dtype, backend), (bucket_params, bucket_grads) in buckets.items():  # under no_grad: SGD.step's, the op's
-        if backend == "triton":
+        bucket_rates[key] = rate
+    for key, (bucket_params, bucket_grads) in buckets.items():  # under no_grad: SGD.step's, the op's
+        rate = bucket_rates[key]
+        if key[2] == "triton":
             dispatch.load_kernels().sgd_step(bucket_params, bucket_grads, rate)
             library.bump_versions(*bucket_params)
         elif isinstance(rate, torch.Tensor):
@@ -140,10 +157,15 @@ def _update(params: list[torch.Tensor], grads: list[torch.Tensor], rate: float |
             torch._foreach_add_(bucket_params, bucket_grads, alpha=-rate)
 
 
-def _sgd_fake(params, grads, lr_tensor, lr) -> None:
+def _sgd_fake(params, grads, lr_tensors, lrs) -> None:
+    """What can be checked without data: everything `check_update` checks but memory."""
+    rates = _rates(params, lr_tensors, lrs)
     if len(params) != len(grads):
-        raise ValueError(f"sgd_: {len(params)} parameters but {len(grads)} gradients")
+        raise ValueError(f"SGD.step: {len(params)} parameters but {len(grads)} gradients")
+    for index, (param, grad, rate) in enumerate(zip(params, grads, rates)):
+        check_lr(rate, "SGD.step", param.device, param.dtype)
+        check_writable("SGD.step", f"params[{index}]", param)
 
 
-library.define("sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor? lr_tensor, float lr) -> ()", sgd_kernel, _sgd_fake,
-               mutating=True)
+library.define("sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor?[] lr_tensors, float[] lrs) -> ()", sgd_kernel,
+               _sgd_fake, mutating=True)

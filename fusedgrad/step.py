@@ -27,9 +27,15 @@ def _check(x, y, w1, w2, lr) -> None:
     if min(x.shape + w1.shape + w2.shape) == 0:
         raise ValueError(f"train_step: empty dimension in x {tuple(x.shape)}, w1 {tuple(w1.shape)}, "
                          f"w2 {tuple(w2.shape)}")
-    check_lr(lr, "train_step", x.device)
+    check_lr(lr, "train_step", x.device, x.dtype)
     check_writable("train_step", "w1", w1)
     check_writable("train_step", "w2", w2)
+
+
+def _check_weights_apart(w1, w2) -> None:
+    if share_memory(w1, w2):
+        raise ValueError(f"train_step: w1 {tuple(w1.shape)} and w2 {tuple(w2.shape)} share memory; the step "
+                         f"updates both in place, so each must have memory of its own")
 
 
 def _read_apart(x, w1, w2, lr):
@@ -37,9 +43,7 @@ def _read_apart(x, w1, w2, lr):
     (x.T @ grad_h updates w1) and lr, so where they share memory with a weight they are copied
     first; y is read only before any write. Weights that share memory are refused: the step
     would write some elements twice."""
-    if share_memory(w1, w2):
-        raise ValueError(f"train_step: w1 {tuple(w1.shape)} and w2 {tuple(w2.shape)} share memory; the step "
-                         f"updates both in place, so each must have memory of its own")
+    _check_weights_apart(w1, w2)
     if share_memory(x, w1) or share_memory(x, w2):
         x = x.clone()
     if isinstance(lr, torch.Tensor) and (share_memory(lr, w1) or share_memory(lr, w2)):
@@ -130,6 +134,7 @@ class CUDAGraphStep:
                    else torch.tensor(float(lr), dtype=accumulator_dtype(x.dtype), device=x.device))
         self.w1, self.w2 = w1, w2
         _check(self.x, self.y, w1, w2, self.lr)
+        _check_weights_apart(w1, w2)  # before the capture, whose warm-up runs on copies
         with torch.no_grad():
             warm_w1, warm_w2 = w1.detach().clone(), w2.detach().clone()
             side = torch.cuda.Stream(x.device)

@@ -468,9 +468,10 @@ def matmul(
             raise ValueError(f"matmul: {name} must be 2-D, got shape {tuple(t.shape)}")
     M, K = a.shape
     K_b, N = b.shape
-    if K != K_b or a.dtype != b.dtype or a.device != b.device:
-        raise ValueError(f"matmul: a {tuple(a.shape)} {a.dtype} on {a.device} does not fit "
-                         f"b {tuple(b.shape)} {b.dtype} on {b.device}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"matmul: dtypes differ: a is {a.dtype}, b is {b.dtype}")
+    if K != K_b or a.device != b.device:
+        raise ValueError(f"matmul: a {tuple(a.shape)} on {a.device} does not fit b {tuple(b.shape)} on {b.device}")
     if a.dtype not in KERNEL_DTYPES:
         raise TypeError(f"matmul: Triton kernels take {KERNEL_DTYPES}, got {a.dtype}")
     if sum(t is not None for t in (a_relu_mask, b_relu_mask, out_relu_mask)) + bool(relu) > 1:

@@ -132,6 +132,15 @@ def test_mse_loss_matches_float64(backend):
     check()
 
 
+def tutorial_step_float64(x, y, w1, w2, lr):
+    """The tutorial's step by torch autograd in float64: (loss, new w1, new w2)."""
+    x, y = x.detach().double().cpu(), y.detach().double().cpu()
+    w1, w2 = (w.detach().double().cpu().requires_grad_() for w in (w1, w2))
+    loss = (torch.relu(x @ w1) @ w2 - y).pow(2).sum()
+    loss.backward()
+    return loss.detach(), (w1 - lr * w1.grad).detach(), (w2 - lr * w2.grad).detach()
+
+
 def step_magnitudes(x, y, w1, w2, lr) -> tuple[float, float, float]:
     """The norms that the step's loss, w1 and w2 are computed to within rounding of: each
     quantity of the step with every term taken by its absolute value (Inf and NaN as 0), so that
@@ -161,38 +170,43 @@ def test_train_step_matches_float64(backend):
         # The float64 step on copies: its rate as the step reads it (a float32 tensor rounds it).
         rate = torch.tensor(lr, device=device) if tensor_lr else lr
         rate64 = float(rate) if tensor_lr else lr
-        reference = [t.detach().cpu().to(torch.float64, copy=True) for t in (x, y, w1, w2)]
-        w1_before, w2_before = reference[2].clone(), reference[3].clone()
-        ref_loss = fusedgrad.train_step_reference(*reference, rate64)
+        ref_loss, ref_w1, ref_w2 = tutorial_step_float64(x, y, w1, w2, rate64)
+        w1_before, w2_before = w1.detach().double().cpu(), w2.detach().double().cpu()
         with fusedgrad.backend(backend):
             loss = fusedgrad.train_step(x, y, w1, w2, rate)
         loss_scale, w1_scale, w2_scale = step_magnitudes(x, y, w1_before, w2_before, rate64)
         assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32) and loss.shape == ()
         assert_close(loss, ref_loss.to(loss.dtype), name, loss_scale)
-        assert_close(w1, reference[2].to(dtype), name, w1_scale)
-        assert_close(w2, reference[3].to(dtype), name, w2_scale)
+        assert_close(w1, ref_w1.to(dtype), name, w1_scale)
+        assert_close(w2, ref_w2.to(dtype), name, w2_scale)
 
     check()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sgd_step_matches_float64(backend):
+    """Several parameter groups, each with its own dtype and rate (a number or a tensor)."""
     @fuzz(backend)
-    @given(data=st.data(), count=st.integers(1, 4), lr=st.sampled_from([0.0, 1e-3, 0.5]), tensor_lr=st.booleans())
-    def check(data, count, lr, tensor_lr):
-        device, name = BACKENDS[backend], dtype_of(data)
-        params, expected = [], []
-        for _ in range(count):
-            rows, cols = data.draw(sizes, label="rows"), data.draw(sizes, label="cols")
-            param = torch.nn.Parameter(matrix(data, rows, cols, DTYPES[name], device, layouts=WRITABLE, specials=False))
-            param.grad = matrix(data, rows, cols, DTYPES[name], device)
-            params.append(param)
-        rate = torch.tensor(lr, device=device) if tensor_lr else lr
-        rate64 = float(rate) if tensor_lr else lr
-        expected = [param.detach().double().cpu() - rate64 * param.grad.double().cpu() for param in params]
+    @given(data=st.data(), groups=st.integers(1, 3))
+    def check(data, groups):
+        device = BACKENDS[backend]
+        param_groups, expected = [], []
+        for _ in range(groups):
+            name = dtype_of(data)
+            lr = data.draw(st.sampled_from([0.0, 1e-3, 0.5]), label="lr")
+            rate = torch.tensor(lr, device=device) if data.draw(st.booleans(), label="tensor lr") else lr
+            params = []
+            for _ in range(data.draw(st.integers(1, 3), label="parameters")):
+                rows, cols = data.draw(sizes, label="rows"), data.draw(sizes, label="cols")
+                param = torch.nn.Parameter(matrix(data, rows, cols, DTYPES[name], device, layouts=WRITABLE,
+                                                  specials=False))
+                param.grad = matrix(data, rows, cols, DTYPES[name], device)
+                expected.append((param, name, param.detach().double().cpu() - float(rate) * param.grad.double().cpu()))
+                params.append(param)
+            param_groups.append({"params": params, "lr": rate})
         with fusedgrad.backend(backend):
-            fusedgrad.optim.SGD(params, lr=rate).step()
-        for param, reference in zip(params, expected):
+            fusedgrad.optim.SGD(param_groups).step()
+        for param, name, reference in expected:
             assert_close(param, reference.to(param.dtype), name)
 
     check()

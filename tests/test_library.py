@@ -38,8 +38,10 @@ def op_cases(device):
         ("mse_loss_and_grad", (prediction, target, True), {}),
         ("mse_loss_and_grad", (transposed, target, False), {}),
         ("mse_loss", (transposed, target), {"reduction": "none"}),
-        ("sgd_", (params, grads, None, 0.1), {}),
-        ("sgd_", (params, grads, torch.tensor(0.1, device=device), 0.0), {}),
+        ("sgd_", (params, grads, [None] * len(params), [0.1] * len(params)), {}),
+        ("sgd_", (params, grads, [torch.tensor(0.1, device=device)] * len(params), [0.0] * len(params)), {}),
+        ("sgd_", (params, grads, [None, torch.tensor(0.2, device=device)] + [None] * (len(params) - 2),
+                  [0.1, 0.0] + [0.3] * (len(params) - 2)), {}),  # a rate per parameter: several groups
         ("train_step_", (x, y, w1, w2, None, 1e-3), {}),
     ]
 

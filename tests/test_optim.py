@@ -126,3 +126,38 @@ def test_a_group_lr_set_after_construction_is_checked_before_any_update():
     with pytest.raises(ValueError, match="SGD.step: lr must be finite and >= 0, got nan"):
         optimizer.step()
     assert all(torch.equal(p, b) for p, b in zip(params, before))
+
+
+def sgd_on(backend, params, lr):
+    with fusedgrad.backend(backend):
+        SGD(params, lr=lr).step()
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_memory_shared_where_the_update_is_still_exact(backend, device):
+    """Accepted and exact: parameters that are interleaved columns of one buffer, a parameter
+    that is its own gradient, a rate that is an element of a parameter (read from a copy before
+    any update, as the step on a copy), and a Fraction rate."""
+    from fractions import Fraction
+    buffer = torch.randn(5, 8, device=device)
+    columns = [torch.nn.Parameter(buffer[:, 0::2]), torch.nn.Parameter(buffer[:, 1::2])]
+    for param in columns:
+        param.grad = torch.randn_like(param)
+    expected = [param.detach() - 0.5 * param.grad for param in columns]
+    sgd_on(backend, columns, 0.5)
+    assert all(torch.allclose(param, ref) for param, ref in zip(columns, expected))
+
+    own = torch.nn.Parameter(torch.randn(4, 3, device=device))
+    own.grad = own.detach()
+    expected = own.detach() * 0.75
+    sgd_on(backend, [own], Fraction(1, 4))
+    assert torch.allclose(own, expected)
+
+    big = [torch.nn.Parameter(torch.randn(9000, device=device)) for _ in range(2)]  # several SGD blocks
+    for param in big:
+        param.grad = torch.randn_like(param)
+    big[0].data[0] = 0.25
+    twins = [param.detach().clone() for param in big]
+    expected = [twin - 0.25 * param.grad for twin, param in zip(twins, big)]
+    sgd_on(backend, big, big[0].detach()[0])  # the rate lives in the first parameter
+    assert all(torch.allclose(param, ref) for param, ref in zip(big, expected))

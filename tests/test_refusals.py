@@ -89,6 +89,8 @@ STEP_CASES = {
     "y columns": (lambda x, y, w1, w2, lr: (x, y[:, 1:], w1, w2, lr), ValueError, ("y",)),
     "y batch": (lambda x, y, w1, w2, lr: (x, y[1:], w1, w2, lr), ValueError, ("x", "y", "batch")),
     "empty hidden": (lambda x, y, w1, w2, lr: (x, y, w1[:, :0], w2[:0], lr), ValueError, ("w1", "empty")),
+    "lr beyond float32": (lambda x, y, w1, w2, lr: (x, y, w1, w2, 1e300), ValueError, ("lr", "float32")),
+    "lr beyond float": (lambda x, y, w1, w2, lr: (x, y, w1, w2, 10**400), ValueError, ("lr", "finite")),
 }
 
 
@@ -150,6 +152,8 @@ SGD_CASES = {
                                                 ("param_groups[1]['params'][0]", "inference")),
     "expanded parameter in the second group": (lambda d: [sgd_params(d), [expanded_param(d)]], ValueError,
                                                ("param_groups[1]['params'][0]",)),
+    "the same parameter twice": (lambda d: (lambda params: [params + params[:1]])(sgd_params(d)), ValueError,
+                                 ("param_groups[0]['params'][0]", "param_groups[0]['params'][3]")),
 }
 
 
@@ -166,6 +170,7 @@ def test_sgd_step_refuses_before_updating_any_group(backend, device, case):
 
 @pytest.mark.parametrize("lr, error, names", [
     (-0.5, ValueError, ("lr", ">= 0")), (float("nan"), ValueError, ("lr", "finite")),
+    (1e300, ValueError, ("lr", "float32")), ("0.1", TypeError, ("lr", "str")),
     (torch.tensor([0.1]), ValueError, ("lr", "0-d", "(1,)")), (torch.tensor(0.1, device="meta"), ValueError, ("lr",)),
 ])
 @pytest.mark.parametrize("backend, device", BACKENDS)
@@ -176,6 +181,36 @@ def test_sgd_step_refuses_a_learning_rate_set_after_construction(backend, device
     every = [t for param in good + bad for t in (param, param.grad)]
     with fusedgrad.backend(backend):
         assert_refused(lambda *_: optimizer.step(), every, error, names)
+
+
+def test_sgd_refuses_a_backend_that_cannot_take_a_later_group():
+    """Backends are chosen for every parameter before any is updated: forced Triton refuses a
+    complex parameter in the second group, and the first group stays as it was."""
+    good = sgd_params("cpu", 2)
+    odd = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    odd.grad = torch.randn_like(odd)
+    optimizer = fusedgrad.optim.SGD([{"params": good}, {"params": [odd]}], lr=0.1)
+    every = [t for param in good + [odd] for t in (param, param.grad)]
+    with fusedgrad.backend("triton"):
+        assert_refused(lambda *_: optimizer.step(), every, TypeError, ("torch.complex64",))
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_the_sgd_operator_checks_all_its_parameters(backend, device):
+    """`fusedgrad::sgd_`, what a compiled step runs: one call for every group (a rate each), so
+    its kernel refuses parameters that overlap across groups, gradients that do not match and
+    lists that differ in length, before any write."""
+    views = views_of_one_buffer(device)
+    params = sgd_params(device, 2) + views
+    grads = [param.grad for param in params]
+    rates = ([None] * 4, [0.1, 0.1, 0.2, 0.3])
+    with fusedgrad.backend(backend):
+        assert_refused(torch.ops.fusedgrad.sgd_, (params, grads, *rates), ValueError, ("params[2]", "params[3]"))
+        assert_refused(torch.ops.fusedgrad.sgd_, (params[:2], grads[:1], [None] * 2, [0.1] * 2), ValueError,
+                       ("2 parameters but 1 gradients",))
+        assert_refused(torch.ops.fusedgrad.sgd_, (params[:2], [grads[0], grads[1][:2]], [None] * 2, [0.1] * 2),
+                       ValueError, ("the gradient of params[1]", "(2, 3)", "(4, 3)"))
+        assert_refused(torch.ops.fusedgrad.sgd_, (params[:2], grads[:2], [None], [0.1]), ValueError, ("lr_tensors",))
 
 
 def mm_operands(device):

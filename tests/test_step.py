@@ -167,3 +167,17 @@ def test_inputs_sharing_memory_with_a_weight_give_the_step_on_copies(backend, de
         loss = fusedgrad.train_step(x, y, w1, w2, lr)
     assert torch.equal(loss, expected)
     assert torch.equal(w1, copies[2]) and torch.equal(w2, copies[3])
+
+
+@pytest.mark.parametrize("backend, device", [("aten", "cpu"), ("triton", kernel_device())], ids=["aten", "triton"])
+def test_weights_in_one_buffer_without_common_elements_are_accepted(backend, device):
+    """w1 and w2 as column blocks of one (40, 80) buffer: their address ranges interleave, their
+    elements do not, so the step runs, and gives the step on separate copies."""
+    x, y = torch.randn(40, 40, device=device), torch.randn(40, 40, device=device)
+    buffer = torch.randn(40, 80, device=device)
+    w1, w2 = buffer[:, :40], buffer[:, 40:]
+    copies = [x.clone(), y.clone(), w1.clone(), w2.clone()]
+    with fusedgrad.backend(backend):
+        expected = fusedgrad.train_step(*copies, 1e-3)
+        loss = fusedgrad.train_step(x, y, w1, w2, 1e-3)
+    assert torch.equal(loss, expected) and torch.equal(w1, copies[2]) and torch.equal(w2, copies[3])

@@ -75,6 +75,9 @@ def test_cli_reference_mode(capsys):
     (["--json", "."], "--json .: cannot write there (Is a directory)"),
     (["--json", f"{__file__}/run.json"], "cannot write there (Not a directory)"),  # under a file
     (["--d-in", str(10**20)], "sizes too large: --batch 64 --d-in 100000000000000000000"),
+    (["--d-out", str(10**19)], "sizes too large: "),
+    (["--batch", str(10**400)], "sizes too large: "),
+    (["--lr", "1e300"], "--lr: lr must be finite in float32"),
 ])
 def test_cli_rejects_bad_flags(flags, message, capsys):
     """One line on stderr, exit code 2, before any training step."""
@@ -99,9 +102,10 @@ def test_cli_names_a_bad_environment_setting(variable, value, monkeypatch, capsy
 
 
 def test_cli_backend_defaults_to_the_environment(monkeypatch, capsys):
-    monkeypatch.setenv("FUSEDGRAD_BACKEND", "aten")
-    assert main(["--device", "cpu", "--steps", "1", "--batch", "4", "--d-in", "8"]) == 0
-    assert "| backend aten |" in capsys.readouterr().out
+    monkeypatch.setenv("FUSEDGRAD_BACKEND", "triton")  # not what "auto" picks on a CPU
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the Triton kernels' device here
+    assert main(["--device", device, "--steps", "1", "--batch", "4", "--d-in", "8", "--hidden", "4", "--d-out", "2"]) == 0
+    assert "| backend triton |" in capsys.readouterr().out
 
 
 def test_cli_out_of_memory_is_one_line_naming_the_sizes(capsys):
