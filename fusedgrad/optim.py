@@ -7,9 +7,11 @@ new value each replay). `zero_grad` does what torch.optim.Optimizer's does (set_
 default) without its profiler and compiler wrappers, whose host time counts where the step is
 host-bound.
 Elsewhere (CPU, float64, the "aten" backend) the step is `torch._foreach_add_`, what
-`torch.optim.SGD` itself runs. The op is `fusedgrad::sgd_`, declared as writing the parameters.
-A step checks every group (rates, parameters that cannot be written in place, parameters sharing
-memory with each other or with gradients) before it updates any: a refused step changes nothing.
+`torch.optim.SGD` itself runs. The op is `fusedgrad::sgd_(params, grads, lr_tensors, lrs)`,
+declared as writing the parameters, with a rate per parameter: a step is one call for all its
+groups, checked as a whole (rates, gradients, parameters that cannot be written in place or
+that share memory with each other or with gradients) before anything is written, so a refused
+step changes nothing, compiled or not.
 """
 
 from __future__ import annotations
