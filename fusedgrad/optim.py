@@ -60,7 +60,7 @@ class SGD(torch.optim.Optimizer):
                 params.append(param)
                 grads.append(grad)
                 rates.append(group["lr"])
-                names.append(f"param_groups[{group_index}]['params'][{index}]")
+                names.append((group_index, index))
         if library.eager(*params, *grads):
             _update(params, grads, check_update(params, grads, rates, names))
         elif params:  # a graph is being built: one op for every group, checked as a whole when it runs
@@ -69,22 +69,26 @@ class SGD(torch.optim.Optimizer):
         return loss
 
 
-def check_update(params: list[torch.Tensor], grads: list[torch.Tensor], rates: list, names: list[str]) -> list:
+def check_update(params: list[torch.Tensor], grads: list[torch.Tensor], rates: list, names: list) -> list:
     """Raise, before anything is written, unless `params[i] -= rates[i] * grads[i]` can be
     applied to all of them: each rate follows the learning-rate rule for its parameter, each
     gradient matches its parameter, each parameter can be written in place (`check_writable`),
     and no parameter shares memory with another parameter or with a gradient (`_check_apart`).
-    `names` name them in errors. Returns the rates as the update reads them: numbers as floats,
-    and a tensor rate that shares memory with a parameter as a copy, since the update may change
-    it first."""
+    `names[i]` names parameter i in errors: a string, or (group, index) in `param_groups`.
+    Returns the rates as the update reads them: numbers as floats, and a tensor rate that
+    shares memory with a parameter as a copy, since the update may change it first."""
     if len(params) != len(grads):
         raise ValueError(f"SGD.step: {len(params)} parameters but {len(grads)} gradients")
+    checked = set()  # (rate, device, dtype) already checked: one check per group and kind of parameter
     for param, grad, rate, name in zip(params, grads, rates, names):
-        check_lr(rate, "SGD.step", param.device, param.dtype)
-        check_writable("SGD.step", name, param)
+        key = (id(rate), param.device, param.dtype)
+        if key not in checked:
+            check_lr(rate, "SGD.step", param.device, param.dtype)
+            checked.add(key)
+        check_writable("SGD.step", _name(name), param)
         if grad.shape != param.shape or grad.dtype != param.dtype or grad.device != param.device:
-            raise ValueError(f"SGD.step: the gradient of {name} is {tuple(grad.shape)} {grad.dtype} on {grad.device}, "
-                             f"its parameter {tuple(param.shape)} {param.dtype} on {param.device}")
+            raise ValueError(f"SGD.step: the gradient of {_name(name)} is {tuple(grad.shape)} {grad.dtype} on "
+                             f"{grad.device}, its parameter {tuple(param.shape)} {param.dtype} on {param.device}")
     _check_apart(params, grads, names)
     copies: dict = {}  # id of a tensor rate that shares memory with a parameter -> its copy
     for rate in rates:
@@ -94,25 +98,31 @@ def check_update(params: list[torch.Tensor], grads: list[torch.Tensor], rates: l
     return [copies.get(id(rate), rate) if isinstance(rate, torch.Tensor) else float(rate) for rate in rates]
 
 
-def _check_apart(params: list[torch.Tensor], grads: list[torch.Tensor], names: list[str]) -> None:
+def _name(name) -> str:
+    return name if isinstance(name, str) else f"param_groups[{name[0]}]['params'][{name[1]}]"
+
+
+def _check_apart(params: list[torch.Tensor], grads: list[torch.Tensor], names: list) -> None:
     """Raise if a parameter shares an element with another parameter or with a gradient other
     than its own in the same places: the update of one would change what another reads or
     writes (one launch updates them all at once; a loop would make the result depend on the
     order). Address ranges first, by a sweep: only tensors whose ranges meet are compared."""
-    entries = sorted(((memory_span(t), kind, index, t) for kind, tensors in ((0, params), (1, grads))
-                      for index, t in enumerate(tensors) if not t.is_meta and t.numel()), key=lambda e: e[:3])
+    entries = sorted((memory_span(t), kind, index) for kind, tensors in ((0, params), (1, grads))
+                     for index, t in enumerate(tensors) if not t.is_meta and t.numel())
     open_entries: list = []  # entries whose range reaches past the current start
-    for span, kind, index, t in entries:
-        open_entries = [entry for entry in open_entries if entry[0][1] > span[0]]
-        for _, other_kind, other_index, other in open_entries:
+    for span, kind, index in entries:
+        if open_entries:
+            open_entries = [entry for entry in open_entries if entry[0][1] > span[0]]
+        for _, other_kind, other_index in open_entries:
+            t, other = (params, grads)[kind][index], (params, grads)[other_kind][other_index]
             if kind == other_kind == 1 or (kind != other_kind and index == other_index and same_view(t, other)):
                 continue  # gradients may share; a parameter may be its own gradient, element by element
             if share_memory(t, other):
-                what = [names[i] if k == 0 else f"the gradient of {names[i]}"
+                what = [_name(names[i]) if k == 0 else f"the gradient of {_name(names[i])}"
                         for k, i in ((other_kind, other_index), (kind, index))]
                 raise ValueError(f"SGD.step: {what[0]} and {what[1]} share memory; each parameter must have "
                                  f"memory of its own, apart from every other gradient")
-        open_entries.append((span, kind, index, t))
+        open_entries.append((span, kind, index))
 
 
 def sgd_kernel(params: list[torch.Tensor], grads: list[torch.Tensor], lr_tensors: list[torch.Tensor | None],

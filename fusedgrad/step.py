@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from . import dispatch, library, settings
-from .checks import check_lr, check_operands, check_writable, share_memory
+from .checks import check_lr, check_operands, check_writable, memory_span, share_memory
 from .kernels.precision import accumulator_dtype
 
 
@@ -44,7 +44,8 @@ def _read_apart(x, w1, w2, lr):
     first; y is read only before any write. Weights that share memory are refused: the step
     would write some elements twice."""
     _check_weights_apart(w1, w2)
-    if share_memory(x, w1) or share_memory(x, w2):
+    (x_start, x_end), (w1_start, w1_end), (w2_start, w2_end) = memory_span(x), memory_span(w1), memory_span(w2)
+    if (x_start < w1_end and w1_start < x_end) or (x_start < w2_end and w2_start < x_end):  # ranges meet: copy
         x = x.clone()
     if isinstance(lr, torch.Tensor) and (share_memory(lr, w1) or share_memory(lr, w2)):
         lr = lr.clone()

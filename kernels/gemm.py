@@ -458,10 +458,11 @@ def matmul(
     autotunes the tiles (see `tuning`).
     """
     # check
-    for name, t in (("a", a), ("b", b), ("a_relu_mask", a_relu_mask), ("b_relu_mask", b_relu_mask),
-                    ("out_relu_mask", out_relu_mask)):
-        if t is None and name not in ("a", "b"):
-            continue
+    operands = (("a", a), ("b", b))
+    if a_relu_mask is not None or b_relu_mask is not None or out_relu_mask is not None:
+        operands += tuple((name, mask) for name, mask in (("a_relu_mask", a_relu_mask), ("b_relu_mask", b_relu_mask),
+                                                          ("out_relu_mask", out_relu_mask)) if mask is not None)
+    for name, t in operands:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"matmul: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 2:
