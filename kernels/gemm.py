@@ -433,6 +433,15 @@ def launch(
     _enqueue(args, config)
 
 
+def _refuse_operands(**operands) -> None:
+    """Raise, naming the operand, unless each is a 2-D tensor."""
+    for name, t in operands.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"matmul: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 2:
+            raise ValueError(f"matmul: {name} must be 2-D, got shape {tuple(t.shape)}")
+
+
 def matmul(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -458,17 +467,15 @@ def matmul(
     autotunes the tiles (see `tuning`).
     """
     # check
-    operands = (("a", a), ("b", b))
-    if a_relu_mask is not None or b_relu_mask is not None or out_relu_mask is not None:
-        operands += tuple((name, mask) for name, mask in (("a_relu_mask", a_relu_mask), ("b_relu_mask", b_relu_mask),
-                                                          ("out_relu_mask", out_relu_mask)) if mask is not None)
-    for name, t in operands:
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"matmul: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 2:
-            raise ValueError(f"matmul: {name} must be 2-D, got shape {tuple(t.shape)}")
-    M, K = a.shape
-    K_b, N = b.shape
+    try:  # the common case costs only the unpacking; anything else is explained below
+        M, K = a.shape
+        K_b, N = b.shape
+    except (AttributeError, ValueError):
+        _refuse_operands(a=a, b=b)
+        raise
+    for name, mask in (("a_relu_mask", a_relu_mask), ("b_relu_mask", b_relu_mask), ("out_relu_mask", out_relu_mask)):
+        if mask is not None:
+            _refuse_operands(**{name: mask})
     if a.dtype != b.dtype:
         raise TypeError(f"matmul: dtypes differ: a is {a.dtype}, b is {b.dtype}")
     if K != K_b or a.device != b.device:
