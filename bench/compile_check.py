@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         # SGD over the tutorial's two parameters (tuples of two pointers, three block starts),
         # and over a full launch of MAX_TENSORS.
         for tensors in (2,) if dtype == "fp64" else (2, sgd.MAX_TENSORS):
-            sgd_types = {"params": (f"*{dtype}",) * tensors, "grads": (f"*{dtype}",) * tensors,
+            sgd_types = {"param_ptrs": (f"*{dtype}",) * tensors, "grad_ptrs": (f"*{dtype}",) * tensors,
                          "lr_ptr": f"*{accumulator(dtype)}",
                          "block_starts": ("i32",) * (tensors + 1), "numels": ("i32",) * tensors, "lr": "fp32"}
             for lr_from_ptr in (True, False):

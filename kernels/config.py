@@ -56,6 +56,11 @@ class GemmConfig:
             raise ValueError(f"GemmConfig: num_warps must be a power of two from 1 to 32, got {self.num_warps}")
         if self.PERSISTENT and self.SPLIT_K != 1:
             raise ValueError(f"GemmConfig: a PERSISTENT launch takes SPLIT_K 1, got SPLIT_K {self.SPLIT_K}")
+        object.__setattr__(self, "_hash", hash(dataclasses.astuple(self)))
+
+    def __hash__(self) -> int:
+        # Computed once: a config is part of every launch's key (`kernels.launch`).
+        return self._hash
 
     @classmethod
     def of(cls, config: GemmConfig | Mapping[str, object]) -> GemmConfig:

@@ -51,6 +51,7 @@ import triton.language as tl
 
 from . import tuning
 from .config import GemmConfig, Variant
+from .launch import Launcher
 from .precision import KERNEL_DTYPES, accumulator_dtype, check_fp32_precision, dot_precision
 from .reduce import accumulator, sum_in_fixed_order
 from .sgd import learning_rate
@@ -322,10 +323,10 @@ def _operands(args: GemmArgs, config: GemmConfig):
     if gate is not None:
         gate_block = (config.BLOCK_M, config.BLOCK_K) if args.mask_operand == MASK_A else (config.BLOCK_K, config.BLOCK_N)
         gate, gate_t = _descriptor(gate, *gate_block)
-    return a, b, gate, True, dict(A_STORED_T=a_t, B_STORED_T=b_t, GATE_STORED_T=gate_t)
+    return a, b, gate, True, (a_t, b_t, gate_t)
 
 
-_NOT_STORED_T = dict(A_STORED_T=False, B_STORED_T=False, GATE_STORED_T=False)
+_NOT_STORED_T = (False, False, False)  # (A_STORED_T, B_STORED_T, GATE_STORED_T)
 
 
 def _grid(config: GemmConfig, M: int, N: int, device: torch.device) -> tuple[tuple[int, int], int]:
@@ -354,6 +355,17 @@ def _strides(t: torch.Tensor | None) -> tuple[int, int]:
     return (0, 0) if t is None else t.stride()
 
 
+def _meta(config: GemmConfig, mask_operand: int, epilogue: str, input_precision: str | None, dtype: torch.dtype,
+          bf16_as_fp32: bool, tma: bool, a_stored_t: bool, b_stored_t: bool, gate_stored_t: bool) -> dict:
+    """The meta-parameters and launch options of a launch, by name (a `_LAUNCHER` variant)."""
+    return dict(config.meta, TMA=tma, MASK_OPERAND=mask_operand, EPILOGUE=epilogue, INPUT_PRECISION=input_precision,
+                ACC_DTYPE=accumulator(dtype), BF16_AS_FP32=bf16_as_fp32, A_STORED_T=a_stored_t,
+                B_STORED_T=b_stored_t, GATE_STORED_T=gate_stored_t)
+
+
+_LAUNCHER = Launcher(_matmul_kernel, _meta)
+
+
 def _enqueue(args: GemmArgs, config: GemmConfig) -> None:
     """Launch `_matmul_kernel` for `args` with `config`."""
     (M, K), N = args.a.shape, args.b.shape[1]
@@ -366,8 +378,7 @@ def _enqueue(args: GemmArgs, config: GemmConfig) -> None:
     (stride_am, stride_ak), (stride_bk, stride_bn) = args.a.stride(), args.b.stride()
     (stride_cm, stride_cn), (stride_gate_0, stride_gate_1) = _strides(args.c), _strides(args.gate)
     stride_aux_m, stride_aux_n = _strides(args.aux)
-    meta = config.meta if tma == config.TMA else dict(config.meta, TMA=tma)
-    _matmul_kernel[grid](
+    _LAUNCHER(grid, (
         a, b, args.c, gate, args.aux, args.partials, args.reduce, args.reduce_out, lr_ptr, workspace, counters,
         M, N, K, 0 if args.reduce is None else args.reduce.numel(),
         stride_am, stride_ak,
@@ -376,14 +387,8 @@ def _enqueue(args: GemmArgs, config: GemmConfig) -> None:
         stride_gate_0, stride_gate_1,
         stride_aux_m, stride_aux_n,
         float(args.scale), float(args.reduce_scale), 0.0 if lr_ptr is not None else float(args.lr),
-        MASK_OPERAND=args.mask_operand,
-        EPILOGUE=args.epilogue,
-        INPUT_PRECISION=args.input_precision,
-        ACC_DTYPE=accumulator(args.a.dtype),
-        BF16_AS_FP32=INTERPRETED and _has_bf16(args),
-        **stored_t,
-        **meta,
-    )
+    ), (config, args.mask_operand, args.epilogue, args.input_precision, args.a.dtype,
+        INTERPRETED and _has_bf16(args), tma, *stored_t))
 
 
 def _on_scratch(args: GemmArgs, config: GemmConfig) -> Callable[[], None]:

@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import Launcher
 from .precision import accumulator_dtype
 from .reduce import accumulator, sum_partials
 from .tuning import cdiv
@@ -53,6 +54,9 @@ def _squared_error_kernel(
     tl.store(out_ptr + pid, (tl.sum(acc, axis=0) / loss_divisor.to(ACC_DTYPE)).to(out_ptr.dtype.element_ty))
 
 
+_LAUNCHER = Launcher(_squared_error_kernel, lambda dtype: dict(BLOCK=BLOCK, ACC_DTYPE=accumulator(dtype)))
+
+
 def mse_loss_and_grad(input: torch.Tensor, target: torch.Tensor, mean: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, grad): loss a 0-d tensor of input's dtype, grad shaped like input (contiguous)."""
     # check
@@ -69,14 +73,12 @@ def mse_loss_and_grad(input: torch.Tensor, target: torch.Tensor, mean: bool) -> 
     divisor = n if mean and n else 1
     # launch
     if n <= SINGLE_PROGRAM_MAX:
-        _squared_error_kernel[(1,)](flat_input, flat_target, grad, loss, n, max(n, 1),
-                                    divisor, divisor, BLOCK=BLOCK, ACC_DTYPE=accumulator(input.dtype))
+        _LAUNCHER((1,), (flat_input, flat_target, grad, loss, n, max(n, 1), divisor, divisor), (input.dtype,))
         if mean and n == 0:
             loss.fill_(float("nan"))  # torch: the mean of nothing is NaN
         return loss, grad
     programs = cdiv(n, CHUNK)
     partials = torch.empty(programs, dtype=accumulator_dtype(input.dtype), device=input.device)
-    _squared_error_kernel[(programs,)](flat_input, flat_target, grad, partials, n, CHUNK,
-                                       divisor, 1, BLOCK=BLOCK, ACC_DTYPE=accumulator(input.dtype))
+    _LAUNCHER((programs,), (flat_input, flat_target, grad, partials, n, CHUNK, divisor, 1), (input.dtype,))
     sum_partials(partials, loss, divisor)
     return loss, grad

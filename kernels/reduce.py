@@ -9,6 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import Launcher
 from .precision import KERNEL_DTYPES, accumulator_dtype
 
 
@@ -41,6 +42,9 @@ def _sum_partials_kernel(partials_ptr, out_ptr, n, divisor, BLOCK: tl.constexpr)
     tl.store(out_ptr, total.to(out_ptr.dtype.element_ty))
 
 
+_SUM_LAUNCHER = Launcher(_sum_partials_kernel, lambda: dict(BLOCK=1024))
+
+
 def sum_partials(partials, out, divisor: int) -> None:
     """Launch: out (0-d) = sum(partials) / divisor, deterministically."""
-    _sum_partials_kernel[(1,)](partials, out, partials.numel(), divisor, BLOCK=1024)
+    _SUM_LAUNCHER((1,), (partials, out, partials.numel(), divisor), ())

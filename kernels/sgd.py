@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import Launcher
 from .reduce import accumulator
 from .tuning import cdiv
 
@@ -40,8 +41,9 @@ def learning_rate(lr_ptr, lr, ACC_DTYPE: tl.constexpr):
 
 @triton.jit
 def _sgd_kernel(
-    # pointers (tuples: one per tensor)
-    params, grads,
+    # pointers (tuples: one per tensor). Not named `params`: Triton 3.9's generated argument
+    # binder has a local of that name, which an argument `params` would overwrite.
+    param_ptrs, grad_ptrs,
     lr_ptr,        # the learning rate as a 0-d tensor; None: the scalar lr
     # sizes (tuples)
     block_starts,  # len(params) + 1 program indices
@@ -54,13 +56,16 @@ def _sgd_kernel(
 ):
     pid = tl.program_id(0)
     step = learning_rate(lr_ptr, lr, ACC_DTYPE)
-    for i in tl.static_range(len(params)):  # unrolled: the branch of this program's tensor runs
+    for i in tl.static_range(len(param_ptrs)):  # unrolled: the branch of this program's tensor runs
         if (pid >= block_starts[i]) & (pid < block_starts[i + 1]):
             offs = (pid - block_starts[i]).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
             inside = offs < numels[i]
-            param = tl.load(params[i] + offs, mask=inside)
-            grad = tl.load(grads[i] + offs, mask=inside).to(ACC_DTYPE)
-            tl.store(params[i] + offs, (param.to(ACC_DTYPE) - step * grad).to(param.dtype), mask=inside)
+            param = tl.load(param_ptrs[i] + offs, mask=inside)
+            grad = tl.load(grad_ptrs[i] + offs, mask=inside).to(ACC_DTYPE)
+            tl.store(param_ptrs[i] + offs, (param.to(ACC_DTYPE) - step * grad).to(param.dtype), mask=inside)
+
+
+_LAUNCHER = Launcher(_sgd_kernel, lambda dtype: dict(BLOCK=BLOCK, ACC_DTYPE=accumulator(dtype)))
 
 
 def rate_argument(lr: float | torch.Tensor, dtype: torch.dtype, device: torch.device) -> float | torch.Tensor:
@@ -93,11 +98,9 @@ def sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], lr: float | 
             block_starts.append(block_starts[-1] + cdiv(numel, BLOCK))
         if block_starts[-1] == 0:
             continue
-        _sgd_kernel[(block_starts[-1],)](
+        _LAUNCHER((block_starts[-1],), (
             chunk, tuple(grads[first:first + MAX_TENSORS]),
             lr_ptr,
             tuple(block_starts), numels,
             0.0 if lr_ptr is not None else float(lr),
-            BLOCK=BLOCK,
-            ACC_DTYPE=accumulator(params[0].dtype),
-        )
+        ), (params[0].dtype,))

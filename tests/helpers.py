@@ -91,15 +91,15 @@ def relu_matmul_float64(a: torch.Tensor, b: torch.Tensor, grad_out: torch.Tensor
     return out.detach(), a64.grad, b64.grad
 
 
-def record_grids(monkeypatch, module, name: str) -> list:
-    """Launch `module.name` (a Triton kernel) as usual, recording each launch's grid."""
+def record_grids(monkeypatch, launcher) -> list:
+    """Launch `launcher`'s kernel (a `kernels.launch.Launcher`'s) as usual, recording each launch's grid."""
     grids = []
-    kernel = getattr(module, name)
+    kernel = launcher.kernel
 
     class RecordingGrid:
         def __getitem__(self, grid):
             grids.append(grid)
             return kernel[grid]
 
-    monkeypatch.setattr(module, name, RecordingGrid())
+    monkeypatch.setattr(launcher, "kernel", RecordingGrid())
     return grids

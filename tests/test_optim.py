@@ -70,7 +70,7 @@ def test_parameters_without_gradient_are_left_alone(backend, device):
 def test_one_launch_for_all_parameters_and_new_addresses(monkeypatch):
     """Fresh gradient tensors every step (new addresses) and one kernel launch per step."""
     from fusedgrad.kernels import sgd
-    grids = record_grids(monkeypatch, sgd, "_sgd_kernel")
+    grids = record_grids(monkeypatch, sgd._LAUNCHER)
     params, twins = make_params(kernel_device())
     ours, theirs = SGD(params, lr=0.1), torch.optim.SGD(twins, lr=0.1)
     with fusedgrad.backend("triton"):
@@ -94,7 +94,7 @@ def test_more_parameters_than_one_launch_takes(monkeypatch, max_tensors):
         sizes = (5, 0, 4097, 1, 300)
     else:
         sizes = tuple(range(1, sgd.MAX_TENSORS + 3))
-    grids = record_grids(monkeypatch, sgd, "_sgd_kernel")
+    grids = record_grids(monkeypatch, sgd._LAUNCHER)
     device = kernel_device()
     params = [torch.randn(n, device=device, requires_grad=True) for n in sizes]
     twins = [p.detach().clone().requires_grad_() for p in params]

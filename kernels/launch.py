@@ -1,0 +1,144 @@
+"""Pre-bound launches: `kernel[grid](*args, **meta)` with Triton's per-call work done once per
+specialization.
+
+On every `kernel[grid](...)` Triton binds each argument to the signature, computes its
+specialization (type, 16-byte alignment of pointers, divisibility by 16 and the value 1 of
+integers), builds the kernel cache key from that and the options, and looks the compiled kernel
+up: for the GEMM's 40-odd arguments, several times the rest of a small op's host work.
+
+Design trade-off: `Launcher` keeps, per *launch key*, the compiled kernel Triton chose for it, and
+launches that kernel through its own launcher (`CompiledKernel.run`, what `kernel[grid]` ends
+in) with the arguments as they are. The launch key is coarser work than Triton's and finer
+than its result: the exact value of every integer argument, dtype and 16-byte alignment of every
+tensor, the class of anything else (floats are never specialized), element by element inside
+tuples, plus the meta-parameters, the current device and the Triton options read from the
+environment. Everything Triton specializes on is a function of that key, so a launch never
+reuses a kernel compiled for other strides, dtypes, alignment or device; the price is one
+`kernel[grid]` launch for each new key (a new shape), which then binds it. The stream is read
+for every launch, as Triton does, so launches go to the current stream (several streams, CUDA
+graph capture). Triton's interpreter, launch hooks (profilers), pre-run hooks and a Triton whose
+compiled kernels lack the expected launcher all take `kernel[grid]` itself.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import triton
+from triton import knobs
+
+_TENSORS = (torch.Tensor, torch.nn.Parameter)
+MAX_BOUND = 1024  # keys a Launcher remembers; past that it starts over (shapes that never repeat)
+
+
+def argument_key(args) -> tuple:
+    """What of `args` Triton's specialization can depend on (see the module text)."""
+    key = []
+    append = key.append
+    for arg in args:  # a loop, not a generator: this runs on every launch
+        cls = arg.__class__
+        if cls is int:
+            append(arg)
+        elif cls in _TENSORS:
+            append(arg.dtype)
+            append(not arg.data_ptr() & 15)
+        elif cls is tuple:
+            append(argument_key(arg))
+        elif cls is float or arg is None:
+            append(cls)
+        else:  # a tensor descriptor, or anything else: its own key, or no pre-binding
+            append(_descriptor_key(arg))
+    return tuple(key)
+
+
+def _descriptor_key(arg):
+    base = getattr(arg, "base", None)
+    if not isinstance(base, torch.Tensor):
+        raise _Unbindable
+    return (type(arg), base.dtype, not base.data_ptr() & 15, tuple(arg.shape), tuple(arg.strides),
+            tuple(arg.block_shape), getattr(arg, "padding", None))
+
+
+class _Unbindable(Exception):
+    """An argument `argument_key` does not know: the launch goes through `kernel[grid]`."""
+
+
+def _no_hooks(kernel) -> bool:
+    """Whether nothing observes or alters launches (launch hooks: profilers; pre-run hooks; a
+    custom compiler pipeline): then `kernel[grid]` passes nothing but the launch either."""
+    for hook in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook):
+        if hook is not None and getattr(hook, "calls", True):
+            return False
+    return not kernel.pre_run_hooks and getattr(knobs.runtime, "add_stages_inspection_hook", None) is None
+
+
+def _options_key() -> tuple:
+    """The launch options Triton reads from its settings on every launch (part of its cache key)."""
+    return (knobs.runtime.debug, knobs.compilation.instrumentation_mode,
+            getattr(knobs.compilation, "fpsan_homomorphic_casts", None))
+
+
+def _runner(compiled):
+    """(launcher, function handle, packed metadata) of a compiled kernel, or None where this
+    Triton's CompiledKernel does not have them in the form `kernel[grid]` uses."""
+    run = getattr(compiled, "run", None)
+    function = getattr(compiled, "function", None)
+    packed = getattr(compiled, "packed_metadata", None)
+    if run is None or function is None or packed is None:
+        return None
+    return run, function, packed
+
+
+class Launcher:
+    """`kernel[grid](*args, **meta_of(*variant))` for a Triton `kernel` whose runtime arguments
+    come first and whose meta-parameters (and launch options) `meta_of` gives by name.
+
+    variant: a hashable tuple naming the meta-parameters (for the GEMM: its config, epilogue,
+    masks, ...); `meta_of(*variant)` is called only when a launch key is new.
+    """
+
+    def __init__(self, kernel, meta_of: Callable[..., dict]):
+        self.kernel = kernel
+        self.meta_of = meta_of
+        self.prebound = not kernel.__class__.__name__ == "InterpretedFunction" and hasattr(kernel, "params")
+        self._bound: dict[tuple, tuple] = {}
+        self._driver = triton.runtime.driver
+
+    def __call__(self, grid: tuple, args: tuple, variant: tuple) -> None:
+        if not self.prebound:
+            self.kernel[grid](*args, **self.meta_of(*variant))
+            return
+        driver = self._driver.active
+        device = driver.get_current_device()
+        try:
+            key = (variant, device, _options_key(), argument_key(args))
+        except _Unbindable:
+            self.kernel[grid](*args, **self.meta_of(*variant))
+            return
+        bound = self._bound.get(key)
+        if bound is None or not _no_hooks(self.kernel):
+            self._bind(key, grid, args, variant)
+            return
+        run, function, packed, meta_args = bound
+        run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1,
+            driver.get_current_stream(device), function, packed, None, None, None, *args, *meta_args)
+
+    def _bind(self, key: tuple, grid: tuple, args: tuple, variant: tuple) -> None:
+        """Launch through `kernel[grid]`, and remember what it compiled for `key`."""
+        meta = self.meta_of(*variant)
+        compiled = self.kernel[grid](*args, **meta)
+        runner = _runner(compiled)
+        if runner is None or not _no_hooks(self.kernel):
+            return
+        meta_params = self.kernel.params[len(args):]
+        if not all(param.is_constexpr and param.name in meta for param in meta_params):
+            return  # a meta-parameter left to its default, or a runtime argument passed by name
+        meta_args = tuple(meta[param.name] for param in meta_params)
+        if len(self._bound) >= MAX_BOUND:
+            self._bound.clear()
+        self._bound[key] = (*runner, meta_args)
+
+    def clear(self) -> None:
+        """Forget every bound launch (the next launch of each key goes through `kernel[grid]`)."""
+        self._bound.clear()

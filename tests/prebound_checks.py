@@ -1,0 +1,194 @@
+"""Pre-bound launches against `kernel[grid]`, on Triton's real launch path with a stubbed driver.
+
+    python tests/prebound_checks.py     # TRITON_INTERPRET unset; `test_launch.py` runs it
+
+Each check launches a real kernel (compiled for sm_90) both ways and compares what reached the
+driver's launch call (`bench/stub_driver.py`): grid, stream, function handle (a new one per
+loaded binary, so a different compiled kernel shows) and every kernel argument. Run in a process
+of its own, since the test suite turns Triton's interpreter on. Prints `ok <check>` per check;
+the exit status is 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import traceback
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "bench"))
+
+import stub_driver  # noqa: E402
+
+DRIVER = stub_driver.install()
+
+import torch  # noqa: E402
+from triton import knobs  # noqa: E402
+
+from fusedgrad.kernels import gemm, mse_loss, reduce, sgd, tuning  # noqa: E402
+
+tuning.multiprocessors = lambda index: stub_driver.MULTIPROCESSORS
+tuning.device_index = lambda device: 0
+
+
+class Recorder:
+    """Stands in for a module's Launcher and keeps each call's (grid, args, variant)."""
+
+    def __init__(self, launcher):
+        self.launcher, self.calls = launcher, []
+
+    def __call__(self, grid, args, variant):
+        self.calls.append((grid, args, variant))
+        self.launcher(grid, args, variant)
+
+
+def launches_of(module, fn) -> list:
+    """The (launcher, grid, args, variant) of each launch `fn()` makes through `module._LAUNCHER`
+    (or `_SUM_LAUNCHER`)."""
+    name = "_SUM_LAUNCHER" if module is reduce else "_LAUNCHER"
+    launcher = getattr(module, name)
+    recorder = Recorder(launcher)
+    setattr(module, name, recorder)
+    try:
+        fn()
+    finally:
+        setattr(module, name, launcher)
+    return [(launcher, *call) for call in recorder.calls]
+
+
+def by_kernel_grid(launcher, grid, args, variant) -> stub_driver.Launch:
+    launcher.kernel[grid](*args, **launcher.meta_of(*variant))
+    return DRIVER.last_launch
+
+
+def prebound(launcher, grid, args, variant) -> stub_driver.Launch:
+    """The second launch of a key: the first binds it, the second is pre-bound."""
+    launcher(grid, args, variant)
+    before = DRIVER.launches
+    launcher(grid, args, variant)
+    assert DRIVER.launches == before + 1, "a pre-bound launch must reach the driver once"
+    return DRIVER.last_launch
+
+
+def same(x, y) -> bool:
+    if isinstance(x, tuple) and isinstance(y, tuple):
+        return len(x) == len(y) and all(same(p, q) for p, q in zip(x, y))
+    return x is y or type(x) is type(y) and x == y
+
+
+def assert_same_launch(launcher, grid, args, variant, what: str) -> stub_driver.Launch:
+    expected = by_kernel_grid(launcher, grid, args, variant)
+    got = prebound(launcher, grid, args, variant)
+    assert launcher._bound, f"{what}: nothing was bound"
+    assert same(got, expected), f"{what}: pre-bound {got}\n  differs from kernel[grid] {expected}"
+    return got
+
+
+def tutorial_tensors():
+    batch, d_in, hidden, d_out = 64, 1000, 100, 10
+    return (torch.randn(batch, d_in), torch.randn(d_in, hidden), torch.randn(hidden, d_out),
+            torch.randn(batch, d_out))
+
+
+def check_every_tutorial_launch_is_the_same_as_kernel_grid():
+    """The fused step's five GEMMs (every epilogue but relu-masked A), the autograd backward's
+    gated GEMM, the loss and its partial sums, and SGD."""
+    x, w1, w2, y = tutorial_tensors()
+    from fusedgrad.kernels.train_step import two_layer_sgd_step
+    calls = launches_of(gemm, lambda: two_layer_sgd_step(x, y, w1, w2, 1e-3))
+    h = torch.randn(64, 100)
+    calls += launches_of(gemm, lambda: gemm.matmul(x.T, torch.randn(64, 100), b_relu_mask=h))
+    calls += launches_of(mse_loss, lambda: mse_loss.mse_loss_and_grad(y, torch.randn(64, 10), True))
+    big = torch.randn(mse_loss.SINGLE_PROGRAM_MAX + 5)
+    calls += launches_of(reduce, lambda: mse_loss.mse_loss_and_grad(big, torch.randn_like(big), False))
+    calls += launches_of(sgd, lambda: sgd.sgd_step([w1, w2], [torch.randn_like(w1), torch.randn_like(w2)], 1e-3))
+    calls += launches_of(sgd, lambda: sgd.sgd_step([w1.double()], [w1.double()], torch.tensor(0.1).double()))
+    kinds = [launcher.kernel.fn.__name__ for launcher, *_ in calls]
+    assert kinds == ["_matmul_kernel"] * 6 + ["_squared_error_kernel", "_sum_partials_kernel"] + ["_sgd_kernel"] * 2, kinds
+    for launcher, grid, args, variant in calls:
+        assert_same_launch(launcher, grid, args, variant, f"{launcher.kernel} {variant}")
+
+
+def gemm_call(a, b, c, **options):
+    (launcher, grid, args, variant), = launches_of(gemm, lambda: gemm.launch(a, b, c, **options))
+    return launcher, grid, args, variant
+
+
+def check_no_stale_specialization():
+    """A pre-bound key is never reused for a launch Triton would specialize differently: for
+    each change, the pre-bound launch runs the kernel kernel[grid] runs (function handles)."""
+    x, w1, _, _ = tutorial_tensors()
+    base = assert_same_launch(*gemm_call(x, w1, torch.empty(64, 100)), "base")
+    storage = torch.randn(64 * 1000 + 1)
+    cases = {
+        "strides (a column-major)": (x.T.contiguous().T, w1, torch.empty(64, 100)),
+        "strides (a row stride of 1008)": (torch.randn(64, 1008)[:, :1000], w1, torch.empty(64, 100)),
+        "alignment (a one element off 16 bytes)": (storage[1:].view(64, 1000), w1, torch.empty(64, 100)),
+        "dtype (float16)": (x.half(), w1.half(), torch.empty(64, 100, dtype=torch.float16)),
+        "a size of 1": (x[:1], w1, torch.empty(1, 100)),
+    }
+    functions = {base.function}
+    for what, (a, b, c) in cases.items():
+        got = assert_same_launch(*gemm_call(a, b, c), what)
+        functions.add(got.function)
+    assert len(functions) == len(cases) + 1, f"each change compiles a kernel of its own: {functions}"
+    # back to the first layout: its bound launch again, not the last one bound
+    again = prebound(*gemm_call(x, w1, torch.empty(64, 100)))
+    assert again.function == base.function
+
+
+def check_device_and_stream_are_read_every_launch():
+    x, w1, _, _ = tutorial_tensors()
+    call = gemm_call(x, w1, torch.empty(64, 100))
+    on_0 = assert_same_launch(*call, "device 0")
+    DRIVER.device = 1
+    try:
+        on_1 = assert_same_launch(*call, "device 1")
+        assert on_1.function != on_0.function, "device 1 must load the kernel for itself"
+        DRIVER.stream = 7
+        assert prebound(*call).stream == 7
+    finally:
+        DRIVER.device, DRIVER.stream = 0, 0
+    assert prebound(*call).function == on_0.function
+
+
+def check_launch_hooks_take_kernel_grid():
+    """A launch hook (a profiler's) sees every launch: with one set, launches go through
+    kernel[grid], which calls it; without, pre-bound again."""
+    x, w1, _, _ = tutorial_tensors()
+    launcher, grid, args, variant = gemm_call(x, w1, torch.empty(64, 100))
+    prebound(launcher, grid, args, variant)
+    seen = []
+    hook = lambda metadata: seen.append(metadata)  # noqa: E731
+    chain = knobs.runtime.launch_enter_hook
+    if hasattr(chain, "add"):
+        chain.add(hook)
+    else:
+        knobs.runtime.launch_enter_hook = hook
+    try:
+        launcher(grid, args, variant)
+    finally:
+        if hasattr(chain, "remove"):
+            chain.remove(hook)
+        else:
+            knobs.runtime.launch_enter_hook = chain
+    assert len(seen) == 1, seen
+    prebound(launcher, grid, args, variant)
+    assert len(seen) == 1
+
+
+def main() -> int:
+    failed = 0
+    for name, check in list(globals().items()):
+        if name.startswith("check_"):
+            try:
+                check()
+                print(f"ok {name}")
+            except Exception:
+                failed += 1
+                print(f"FAILED {name}\n{traceback.format_exc()}")
+    print(f"launcher {DRIVER.launcher_cls.__name__}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
