@@ -103,11 +103,12 @@ def distinct_elements(t: torch.Tensor) -> bool:
 
 def memory_span(t: torch.Tensor) -> tuple[int, int]:
     """[first, end) byte addresses of `t`'s elements ((0, 0) when it has none)."""
-    if t.numel() == 0:
+    numel = t.numel()
+    if numel == 0:
         return 0, 0
     start = t.data_ptr()
     if t.is_contiguous():
-        return start, start + t.numel() * t.element_size()
+        return start, start + numel * t.element_size()
     last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
     return start, start + (last + 1) * t.element_size()
 

@@ -16,9 +16,8 @@ step changes nothing, compiled or not.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
+import torch.optim.optimizer as torch_optimizer
 
 from . import dispatch, library
 from .checks import check_lr, check_writable, memory_span, same_view, share_memory
@@ -43,14 +42,25 @@ class SGD(torch.optim.Optimizer):
                         param.grad.requires_grad_(False)
                     param.grad.zero_()
 
-    @torch.no_grad()
     def step(self, closure=None):
+        """One update of every parameter with a gradient. Optimizer step hooks (global or this
+        optimizer's) and torch's profiler are served as torch.optim serves them (its wrapper
+        runs them around the update); without them the update runs bare, since the wrapper's
+        profiler scope costs more host time than the rest of a small step."""
+        if _observed(self):
+            return _observed_step(self, closure)
+        return self._step(closure)
+
+    step.hooked = True  # Optimizer.__init__ wraps only a step not marked so: `_observed` decides instead
+
+    def _step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         params, grads, rates, names = [], [], [], []  # every group's parameters with a gradient
         for group_index, group in enumerate(self.param_groups):
+            rate = group["lr"]
             for index, param in enumerate(group["params"]):
                 grad = param.grad
                 if grad is None:
@@ -59,14 +69,31 @@ class SGD(torch.optim.Optimizer):
                     raise ValueError("SGD: sparse gradients are not supported")
                 params.append(param)
                 grads.append(grad)
-                rates.append(group["lr"])
+                rates.append(rate)
                 names.append((group_index, index))
-        if library.eager(*params, *grads):
-            _update(params, grads, check_update(params, grads, rates, names))
-        elif params:  # a graph is being built: one op for every group, checked as a whole when it runs
-            lr_tensors, lrs = zip(*(library.lr_arguments(rate) for rate in rates))
-            torch.ops.fusedgrad.sgd_(params, grads, list(lr_tensors), list(lrs))
+        grad_enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)  # torch.no_grad(), without its context manager's host time
+        try:
+            if library.eager(*params, *grads):
+                _update(params, grads, check_update(params, grads, rates, names))
+            elif params:  # a graph is being built: one op for every group, checked as a whole when it runs
+                lr_tensors, lrs = zip(*(library.lr_arguments(rate) for rate in rates))
+                torch.ops.fusedgrad.sgd_(params, grads, list(lr_tensors), list(lrs))
+        finally:
+            torch._C._set_grad_enabled(grad_enabled)
         return loss
+
+
+def _observed(optimizer: SGD) -> bool:
+    """Whether a step hook or torch's profiler would see a step."""
+    return bool(_GLOBAL_PRE_HOOKS or _GLOBAL_POST_HOOKS or optimizer._optimizer_step_pre_hooks
+                or optimizer._optimizer_step_post_hooks or torch.autograd.profiler._is_profiler_enabled
+                or torch._C._autograd._profiler_enabled() or torch.compiler.is_compiling())
+
+
+_observed_step = torch.optim.Optimizer.profile_hook_step(SGD._step)
+_GLOBAL_PRE_HOOKS = torch_optimizer._global_optimizer_pre_hooks
+_GLOBAL_POST_HOOKS = torch_optimizer._global_optimizer_post_hooks
 
 
 def check_update(params: list[torch.Tensor], grads: list[torch.Tensor], rates: list, names: list) -> list:
@@ -85,7 +112,8 @@ def check_update(params: list[torch.Tensor], grads: list[torch.Tensor], rates: l
         if key not in checked:
             check_lr(rate, "SGD.step", param.device, param.dtype)
             checked.add(key)
-        check_writable("SGD.step", _name(name), param)
+        if param.is_inference() or not param.is_contiguous():  # else writable: formatting a name costs
+            check_writable("SGD.step", _name(name), param)
         if grad.shape != param.shape or grad.dtype != param.dtype or grad.device != param.device:
             raise ValueError(f"SGD.step: the gradient of {_name(name)} is {tuple(grad.shape)} {grad.dtype} on "
                              f"{grad.device}, its parameter {tuple(param.shape)} {param.dtype} on {param.device}")
@@ -107,13 +135,21 @@ def _check_apart(params: list[torch.Tensor], grads: list[torch.Tensor], names: l
     than its own in the same places: the update of one would change what another reads or
     writes (one launch updates them all at once; a loop would make the result depend on the
     order). Address ranges first, by a sweep: only tensors whose ranges meet are compared."""
-    entries = sorted((memory_span(t), kind, index) for kind, tensors in ((0, params), (1, grads))
-                     for index, t in enumerate(tensors) if not t.is_meta and t.numel())
+    entries = []
+    for kind, tensors in ((0, params), (1, grads)):
+        for index, t in enumerate(tensors):
+            if t.numel() and not t.is_meta:
+                entries.append((*memory_span(t), kind, index))
+    entries.sort()
     open_entries: list = []  # entries whose range reaches past the current start
-    for span, kind, index in entries:
-        if open_entries:
-            open_entries = [entry for entry in open_entries if entry[0][1] > span[0]]
-        for _, other_kind, other_index in open_entries:
+    reach = 0  # the farthest end of the open entries: most steps start past it and meet nothing
+    for entry in entries:
+        start, end, kind, index = entry
+        if start >= reach:
+            open_entries.clear()
+        else:
+            open_entries = [other for other in open_entries if other[1] > start]
+        for _, _, other_kind, other_index in open_entries:
             t, other = (params, grads)[kind][index], (params, grads)[other_kind][other_index]
             if kind == other_kind == 1 or (kind != other_kind and index == other_index and same_view(t, other)):
                 continue  # gradients may share; a parameter may be its own gradient, element by element
@@ -122,7 +158,8 @@ def _check_apart(params: list[torch.Tensor], grads: list[torch.Tensor], names: l
                         for k, i in ((other_kind, other_index), (kind, index))]
                 raise ValueError(f"SGD.step: {what[0]} and {what[1]} share memory; each parameter must have "
                                  f"memory of its own, apart from every other gradient")
-        open_entries.append((span, kind, index))
+        open_entries.append(entry)
+        reach = max(reach, end)
 
 
 def sgd_kernel(params: list[torch.Tensor], grads: list[torch.Tensor], lr_tensors: list[torch.Tensor | None],
@@ -143,23 +180,23 @@ def _update(params: list[torch.Tensor], grads: list[torch.Tensor], rates: list) 
     """params[i] -= rates[i] * grads[i] on checked arguments. Parameters are taken by device,
     dtype, backend and rate: contiguous ones of a Triton dtype in one Triton launch, the rest
     by torch's own foreach ops. Every backend is chosen (which may raise) before any write."""
-    buckets: dict = defaultdict(lambda: ([], []))  # (device, dtype, backend, rate key) -> params, grads
-    bucket_rates: dict = {}
+    buckets: dict = {}  # (device, dtype, backend, rate key) -> (params, grads, rate)
     backends: dict = {}  # (device, dtype) -> the backend for contiguous ones: resolved once
     for param, grad, rate in zip(params, grads, rates):
+        kind = (param.device, param.dtype)
         if param.is_contiguous() and grad.is_contiguous():
-            backend = backends.get((param.device, param.dtype))
+            backend = backends.get(kind)
             if backend is None:
-                backend = backends[(param.device, param.dtype)] = dispatch.resolve(param)
+                backend = backends[kind] = dispatch.resolve(param)
         else:
             backend = "aten"
-        key = (param.device, param.dtype, backend, id(rate) if isinstance(rate, torch.Tensor) else rate)
-        bucket_params, bucket_grads = buckets[key]
-        bucket_params.append(param)
-        bucket_grads.append(grad)
-        bucket_rates[key] = rate
-    for key, (bucket_params, bucket_grads) in buckets.items():  # under no_grad: SGD.step's, the op's
-        rate = bucket_rates[key]
+        key = (*kind, backend, id(rate) if isinstance(rate, torch.Tensor) else rate)
+        bucket = buckets.get(key)
+        if bucket is None:
+            bucket = buckets[key] = ([], [], rate)
+        bucket[0].append(param)
+        bucket[1].append(grad)
+    for key, (bucket_params, bucket_grads, rate) in buckets.items():  # under no_grad: SGD.step's, the op's
         if key[2] == "triton":
             dispatch.load_kernels().sgd_step(bucket_params, bucket_grads, rate)
             library.bump_versions(*bucket_params)

@@ -363,32 +363,38 @@ def _meta(config: GemmConfig, mask_operand: int, epilogue: str, input_precision:
                 B_STORED_T=b_stored_t, GATE_STORED_T=gate_stored_t)
 
 
-_LAUNCHER = Launcher(_matmul_kernel, _meta)
+_LAUNCHER = Launcher(_matmul_kernel, _meta, layout=(11, 14))  # 11 pointers, 14 sizes and strides, 3 floats
 
 
 def _enqueue(args: GemmArgs, config: GemmConfig) -> None:
     """Launch `_matmul_kernel` for `args` with `config`."""
-    (M, K), N = args.a.shape, args.b.shape[1]
-    grid, tiles = _grid(config, M, N, args.a.device)
-    a, b, gate, tma, stored_t = _operands(args, config)
-    workspace, counters = _split_k_scratch(config, tiles, args.a.dtype, args.a.device)
-    lr_ptr = args.lr if isinstance(args.lr, torch.Tensor) else None
-    # One stride() call per tensor: this runs on every launch, and host time is the bound at
-    # small sizes.
-    (stride_am, stride_ak), (stride_bk, stride_bn) = args.a.stride(), args.b.stride()
-    (stride_cm, stride_cn), (stride_gate_0, stride_gate_1) = _strides(args.c), _strides(args.gate)
-    stride_aux_m, stride_aux_n = _strides(args.aux)
+    # Unpacked once, strides read once per tensor: this runs on every launch, and host time is
+    # the bound at small sizes.
+    (a, b, c, mask_operand, gate, epilogue, aux, partials, scale, lr, reduce, reduce_out, reduce_scale,
+     input_precision) = args
+    (M, K), N = a.shape, b.shape[1]
+    grid, tiles = _grid(config, M, N, a.device)
+    a_operand, b_operand, gate_operand, tma, stored_t = _operands(args, config)
+    workspace, counters = _split_k_scratch(config, tiles, a.dtype, a.device)
+    lr_ptr = lr if isinstance(lr, torch.Tensor) else None
+    (stride_am, stride_ak), (stride_bk, stride_bn) = a.stride(), b.stride()
+    (stride_cm, stride_cn), (stride_gate_0, stride_gate_1) = _strides(c), _strides(gate)
+    stride_aux_m, stride_aux_n = _strides(aux)
     _LAUNCHER(grid, (
-        a, b, args.c, gate, args.aux, args.partials, args.reduce, args.reduce_out, lr_ptr, workspace, counters,
-        M, N, K, 0 if args.reduce is None else args.reduce.numel(),
+        a_operand, b_operand, c, gate_operand, aux, partials, reduce, reduce_out, lr_ptr, workspace, counters,
+        M, N, K, 0 if reduce is None else reduce.numel(),
         stride_am, stride_ak,
         stride_bk, stride_bn,
         stride_cm, stride_cn,
         stride_gate_0, stride_gate_1,
         stride_aux_m, stride_aux_n,
-        float(args.scale), float(args.reduce_scale), 0.0 if lr_ptr is not None else float(args.lr),
-    ), (config, args.mask_operand, args.epilogue, args.input_precision, args.a.dtype,
-        INTERPRETED and _has_bf16(args), tma, *stored_t))
+        float(scale), float(reduce_scale), 0.0 if lr_ptr is not None else float(lr),
+    ), (config, mask_operand, epilogue, input_precision, a.dtype, INTERPRETED and _has_bf16(args), tma, *stored_t))
+
+
+@functools.lru_cache(maxsize=None)
+def _variant(epilogue: str, mask_operand: int) -> Variant:
+    return Variant(epilogue, mask_operand)
 
 
 def _on_scratch(args: GemmArgs, config: GemmConfig) -> Callable[[], None]:
@@ -429,12 +435,14 @@ def launch(
         return
     args = GemmArgs(a, b, c, mask_operand, gate, epilogue, aux, partials, scale, lr, reduce, reduce_out,
                     reduce_scale, dot_precision(a.dtype, fp32_precision))
-    if config is None:
-        config = tuning.choose(a, b, Variant(epilogue, mask_operand), args.input_precision, interpreted=INTERPRETED,
+    if config is not None:
+        config = GemmConfig.of(config)
+    elif tuner is None:  # the untuned tiles: what the tuner would need is not made
+        config = tuning.choose(a, b, _variant(epilogue, mask_operand), args.input_precision, interpreted=INTERPRETED)
+    else:
+        config = tuning.choose(a, b, _variant(epilogue, mask_operand), args.input_precision, interpreted=INTERPRETED,
                                tuner=tuner, prepare=functools.partial(_on_scratch, args),
                                tma_ready=args.tma_ready)
-    else:
-        config = GemmConfig.of(config)
     _enqueue(args, config)
 
 
@@ -495,16 +503,36 @@ def matmul(
     check_fp32_precision(fp32_precision, "matmul")
     if config is not None:
         config = GemmConfig.of(config)
-    mask_operand, gate, gated = NO_MASK, None, None
+    if a_relu_mask is not None or b_relu_mask is not None:
+        gate, gated = (a_relu_mask, a) if a_relu_mask is not None else (b_relu_mask, b)
+        if gate.shape != gated.shape or gate.device != gated.device:
+            raise ValueError(f"matmul: mask {tuple(gate.shape)} on {gate.device} does not match "
+                             f"its operand {tuple(gated.shape)} on {gated.device}")
+    return matmul_unchecked(a, b, relu=relu, a_relu_mask=a_relu_mask, b_relu_mask=b_relu_mask,
+                            out_relu_mask=out_relu_mask, config=config, fp32_precision=fp32_precision, tuner=tuner)
+
+
+def matmul_unchecked(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    relu: bool = False,
+    a_relu_mask: torch.Tensor | None = None,
+    b_relu_mask: torch.Tensor | None = None,
+    out_relu_mask: torch.Tensor | None = None,
+    config: GemmConfig | None = None,
+    fp32_precision: str = "ieee",
+    tuner: tuning.Tuner | None = None,
+) -> torch.Tensor:
+    """`matmul` for a caller that has checked its arguments as `matmul` does (fusedgrad's ops):
+    the checks cost as much host time as the rest of a small product."""
+    mask_operand, gate = NO_MASK, None
     if a_relu_mask is not None:
-        mask_operand, gate, gated = MASK_A, a_relu_mask, a
+        mask_operand, gate = MASK_A, a_relu_mask
     elif b_relu_mask is not None:
-        mask_operand, gate, gated = MASK_B, b_relu_mask, b
-    if gate is not None and (gate.shape != gated.shape or gate.device != gated.device):
-        raise ValueError(f"matmul: mask {tuple(gate.shape)} on {gate.device} does not match "
-                         f"its operand {tuple(gated.shape)} on {gated.device}")
+        mask_operand, gate = MASK_B, b_relu_mask
     # allocate
-    c = torch.empty((M, N), dtype=a.dtype, device=a.device)
+    c = torch.empty((a.shape[0], b.shape[1]), dtype=a.dtype, device=a.device)
     # launch
     epilogue = "relu" if relu else "relu_mask" if out_relu_mask is not None else "none"
     settings = dict(epilogue=epilogue, aux=out_relu_mask, config=config, fp32_precision=fp32_precision, tuner=tuner)

@@ -73,12 +73,6 @@ def _no_hooks(kernel) -> bool:
     return not kernel.pre_run_hooks and getattr(knobs.runtime, "add_stages_inspection_hook", None) is None
 
 
-def _options_key() -> tuple:
-    """The launch options Triton reads from its settings on every launch (part of its cache key)."""
-    return (knobs.runtime.debug, knobs.compilation.instrumentation_mode,
-            getattr(knobs.compilation, "fpsan_homomorphic_casts", None))
-
-
 def _runner(compiled):
     """(launcher, function handle, packed metadata) of a compiled kernel, or None where this
     Triton's CompiledKernel does not have them in the form `kernel[grid]` uses."""
@@ -96,11 +90,16 @@ class Launcher:
 
     variant: a hashable tuple naming the meta-parameters (for the GEMM: its config, epilogue,
     masks, ...); `meta_of(*variant)` is called only when a launch key is new.
+    layout: (pointers, integers) for a kernel whose runtime arguments are that many tensors (or
+    None, or descriptors), then that many ints, then floats only; its caller guarantees those
+    types. The key then takes the integers as one slice, which halves its cost for the GEMM's
+    long argument list. None: every argument is looked at (`argument_key`).
     """
 
-    def __init__(self, kernel, meta_of: Callable[..., dict]):
+    def __init__(self, kernel, meta_of: Callable[..., dict], layout: tuple[int, int] | None = None):
         self.kernel = kernel
         self.meta_of = meta_of
+        self.layout = layout
         self.prebound = not kernel.__class__.__name__ == "InterpretedFunction" and hasattr(kernel, "params")
         self._bound: dict[tuple, tuple] = {}
         self._driver = triton.runtime.driver
@@ -111,14 +110,26 @@ class Launcher:
             return
         driver = self._driver.active
         device = driver.get_current_device()
+        runtime, compilation = knobs.runtime, knobs.compilation
         try:
-            key = (variant, device, _options_key(), argument_key(args))
+            # What Triton reads from its settings on every launch is part of its key too (a
+            # custom compiler pipeline, once set, keeps launches on kernel[grid]: `_no_hooks`).
+            options = (runtime.debug, compilation.instrumentation_mode,
+                       getattr(compilation, "fpsan_homomorphic_casts", None),
+                       getattr(runtime, "add_stages_inspection_hook", None))
+            if self.layout is None:
+                key = (variant, device, options, argument_key(args))
+            else:
+                pointers, integers = self.layout
+                key = (variant, device, options, argument_key(args[:pointers]), args[pointers:pointers + integers])
         except _Unbindable:
             self.kernel[grid](*args, **self.meta_of(*variant))
             return
         bound = self._bound.get(key)
-        if bound is None or not _no_hooks(self.kernel):
-            self._bind(key, grid, args, variant)
+        enter, exit = runtime.launch_enter_hook, runtime.launch_exit_hook
+        if (bound is None or self.kernel.pre_run_hooks or enter is not None and getattr(enter, "calls", True)
+                or exit is not None and getattr(exit, "calls", True)):
+            self._bind(key, grid, args, variant)  # new, or launches are observed: kernel[grid]
             return
         run, function, packed, meta_args = bound
         run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1,
@@ -129,7 +140,7 @@ class Launcher:
         meta = self.meta_of(*variant)
         compiled = self.kernel[grid](*args, **meta)
         runner = _runner(compiled)
-        if runner is None or not _no_hooks(self.kernel):
+        if runner is None or not _no_hooks(self.kernel) or not self._as_declared(args):
             return
         meta_params = self.kernel.params[len(args):]
         if not all(param.is_constexpr and param.name in meta for param in meta_params):
@@ -138,6 +149,14 @@ class Launcher:
         if len(self._bound) >= MAX_BOUND:
             self._bound.clear()
         self._bound[key] = (*runner, meta_args)
+
+    def _as_declared(self, args: tuple) -> bool:
+        """Whether `args` have the types `layout` declares (always, without one)."""
+        if self.layout is None:
+            return True
+        pointers, integers = self.layout
+        return (all(type(arg) is int for arg in args[pointers:pointers + integers])
+                and all(type(arg) is float for arg in args[pointers + integers:]))
 
     def clear(self) -> None:
         """Forget every bound launch (the next launch of each key goes through `kernel[grid]`)."""

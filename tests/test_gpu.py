@@ -230,6 +230,65 @@ def test_split_k_under_graph_replay_and_on_two_streams():
     assert_close(expected, (a.double() @ b.double()).relu().cpu(), "float32")
 
 
+def _kernel_grid_only(monkeypatch):
+    """Every Launcher of the kernels launching through kernel[grid], as an unbound launch does."""
+    from fusedgrad.kernels import gemm, mse_loss, reduce, sgd
+    for launcher in (gemm._LAUNCHER, mse_loss._LAUNCHER, reduce._SUM_LAUNCHER, sgd._LAUNCHER):
+        monkeypatch.setattr(launcher, "prebound", False)
+
+
+def test_prebound_launches_are_bitwise_kernel_grid_and_safe_in_graphs_and_streams(monkeypatch):
+    """The fused step and the autograd step, pre-bound (the second call of each key on), give
+    bitwise what kernel[grid] gives; pre-bound launches captured in a CUDA graph replay to the
+    same bits, and go to whichever stream is current."""
+    from fusedgrad.kernels import gemm
+    batch, d_in, hidden, d_out = 64, 1000, 100, 10
+    x, y = torch.randn(batch, d_in, device="cuda"), torch.randn(batch, d_out, device="cuda")
+    start = [torch.randn(d_in, hidden, device="cuda") * 0.05, torch.randn(hidden, d_out, device="cuda") * 0.05]
+    lr = torch.tensor(1e-4, device="cuda")  # as a captured step reads it: the same kernel variant
+
+    def steps(count):
+        w1, w2 = (w.clone() for w in start)
+        losses = [fusedgrad.train_step(x, y, w1, w2, lr) for _ in range(count)]
+        a, b = x.T.contiguous().T, w1.clone().requires_grad_()  # a column-major operand too
+        out = fusedgrad.mm_relu(a, b)
+        out.backward(torch.ones_like(out))
+        return torch.stack(losses), w1, w2, out, b.grad
+
+    with fusedgrad.backend("triton"):
+        prebound = steps(3)
+        assert gemm._LAUNCHER._bound, "the second launch of a key is pre-bound"
+        with monkeypatch.context() as patch:
+            _kernel_grid_only(patch)
+            reference = steps(3)
+        for got, expected in zip(prebound, reference):
+            assert torch.equal(got, expected)
+        w1, w2 = (w.clone() for w in start)
+        static = fusedgrad.CUDAGraphStep(x, y, w1, w2, lr)
+        losses = torch.stack([static.replay().clone() for _ in range(3)])
+        torch.cuda.synchronize()
+        assert torch.equal(losses, prebound[0]) and torch.equal(w1, prebound[1]) and torch.equal(w2, prebound[2])
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            w1, w2 = (w.clone() for w in start)
+            on_side = torch.stack([fusedgrad.train_step(x, y, w1, w2, lr) for _ in range(3)])
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        assert torch.equal(on_side, prebound[0])
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_prebound_launches_follow_the_current_device():
+    a, b = torch.randn(64, 100, device="cuda:0"), torch.randn(100, 10, device="cuda:0")
+    with fusedgrad.backend("triton"):
+        first = fusedgrad.mm_relu(a, b)
+        with torch.cuda.device(1):
+            on_1 = fusedgrad.mm_relu(a.to("cuda:1"), b.to("cuda:1"))
+        again = fusedgrad.mm_relu(a, b)
+    assert torch.equal(on_1.cpu(), first.cpu()) and torch.equal(again, first)
+
+
 def test_autotune_on_gpu_caches_and_never_tunes_in_a_capture(tmp_path):
     """Small shapes keep the candidate lists (and the compile time) short."""
     kernels = fusedgrad.dispatch.load_kernels()

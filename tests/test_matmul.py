@@ -206,16 +206,16 @@ def test_reference_masks_follow_threshold_backward():
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """Keyword arguments of each call of the Triton matmul launcher."""
+    """Keyword arguments of each call of the Triton matmul launcher the ops use."""
     kernels = fusedgrad.dispatch.load_kernels()
     calls = []
-    launch = kernels.matmul
+    launch = kernels.matmul_unchecked
 
     def counted(*args, **kwargs):
         calls.append(kwargs)
         return launch(*args, **kwargs)
 
-    monkeypatch.setattr(kernels, "matmul", counted)
+    monkeypatch.setattr(kernels, "matmul_unchecked", counted)
     return calls
 
 

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 import fusedgrad
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
 from fusedgrad.optim import SGD
 from helpers import kernel_device, record_grids
 
@@ -161,3 +163,41 @@ def test_memory_shared_where_the_update_is_still_exact(backend, device):
     expected = [twin - 0.25 * param.grad for twin, param in zip(twins, big)]
     sgd_on(backend, big, big[0].detach()[0])  # the rate lives in the first parameter
     assert all(torch.allclose(param, ref) for param, ref in zip(big, expected))
+
+
+def test_step_hooks_and_the_profiler_see_the_step_as_with_torch_optim():
+    """The bare step skips torch's wrapper only when nothing would observe it: step pre and post
+    hooks (this optimizer's and global ones) run around the update, and the profiler records the
+    step under torch's name."""
+    param = torch.randn(4, requires_grad=True)
+    optimizer = SGD([param], lr=0.5)
+    seen = []
+    handles = [optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(("pre", param.clone()))),
+               optimizer.register_step_post_hook(lambda opt, args, kwargs: seen.append(("post", param.clone()))),
+               register_optimizer_step_pre_hook(lambda opt, args, kwargs: seen.append(("global",)))]
+    param.grad = torch.ones(4)
+    before = param.detach().clone()
+    try:
+        optimizer.step()
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert [entry[0] for entry in seen] == ["global", "pre", "post"]
+    assert torch.equal(seen[1][1], before) and torch.equal(seen[2][1], before - 0.5)
+    optimizer.step()  # hooks removed: the bare step
+    assert len(seen) == 3 and torch.equal(param.detach(), before - 1.0)
+    with torch.profiler.profile() as profile:
+        optimizer.step()
+    assert any(event.name == "Optimizer.step#SGD.step" for event in profile.events())
+    assert torch.equal(param.detach(), before - 1.5)
+
+
+def test_step_runs_without_grad_and_restores_grad_mode():
+    param = torch.randn(3, requires_grad=True)
+    param.grad = torch.ones(3)
+    optimizer = SGD([param], lr=0.1)
+    optimizer.step()
+    assert torch.is_grad_enabled() and param.grad_fn is None and param.requires_grad
+    with torch.no_grad():
+        optimizer.step()
+        assert not torch.is_grad_enabled()
