@@ -76,12 +76,12 @@ def _step_kernel(x, y, w1, w2, lr_tensor, lr):
     lr = lr if lr_tensor is None else lr_tensor
     _check(x, y, w1, w2, lr)
     x, lr = _read_apart(x, w1, w2, lr)
+    if dispatch.resolve(x) == "triton":  # the kernels record nothing: no grad mode to set
+        loss = dispatch.load_kernels().two_layer_sgd_step(x, y, w1, w2, lr, settings.kernel_fp32_precision(),
+                                                          settings.tuner())
+        library.bump_versions(w1, w2)
+        return loss
     with torch.no_grad():
-        if dispatch.resolve(x) == "triton":
-            loss = dispatch.load_kernels().two_layer_sgd_step(x, y, w1, w2, lr, settings.kernel_fp32_precision(),
-                                                              settings.tuner())
-            library.bump_versions(w1, w2)
-            return loss
         if torch._C._is_any_autocast_enabled():  # entering the block costs host time: only when it matters
             with torch.autocast(x.device.type, enabled=False):
                 return train_step_reference(x, y, w1, w2, lr)

@@ -60,6 +60,11 @@ def _descriptor_key(arg):
             tuple(arg.block_shape), getattr(arg, "padding", None))
 
 
+def _integers(arg) -> bool:
+    """An int, or a tuple of ints (the SGD kernel's sizes)."""
+    return type(arg) is int or type(arg) is tuple and all(type(item) is int for item in arg)
+
+
 class _Unbindable(Exception):
     """An argument `argument_key` does not know: the launch goes through `kernel[grid]`."""
 
@@ -91,8 +96,8 @@ class Launcher:
     variant: a hashable tuple naming the meta-parameters (for the GEMM: its config, epilogue,
     masks, ...); `meta_of(*variant)` is called only when a launch key is new.
     layout: (pointers, integers) for a kernel whose runtime arguments are that many tensors (or
-    None, or descriptors), then that many ints, then floats only; its caller guarantees those
-    types. The key then takes the integers as one slice, which halves its cost for the GEMM's
+    None, descriptors, tuples of tensors), then that many ints (or tuples of ints), then floats
+    only; its caller guarantees those types (a launch whose types differ is never bound). The key then takes the integers as one slice, which halves its cost for the GEMM's
     long argument list. None: every argument is looked at (`argument_key`).
     """
 
@@ -155,7 +160,7 @@ class Launcher:
         if self.layout is None:
             return True
         pointers, integers = self.layout
-        return (all(type(arg) is int for arg in args[pointers:pointers + integers])
+        return (all(_integers(arg) for arg in args[pointers:pointers + integers])
                 and all(type(arg) is float for arg in args[pointers + integers:]))
 
     def clear(self) -> None:

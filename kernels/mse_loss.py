@@ -54,7 +54,8 @@ def _squared_error_kernel(
     tl.store(out_ptr + pid, (tl.sum(acc, axis=0) / loss_divisor.to(ACC_DTYPE)).to(out_ptr.dtype.element_ty))
 
 
-_LAUNCHER = Launcher(_squared_error_kernel, lambda dtype: dict(BLOCK=BLOCK, ACC_DTYPE=accumulator(dtype)))
+_LAUNCHER = Launcher(_squared_error_kernel, lambda dtype: dict(BLOCK=BLOCK, ACC_DTYPE=accumulator(dtype)),
+                     layout=(4, 4))  # 4 pointers, 4 integers
 
 
 def mse_loss_and_grad(input: torch.Tensor, target: torch.Tensor, mean: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,7 +42,7 @@ def _sum_partials_kernel(partials_ptr, out_ptr, n, divisor, BLOCK: tl.constexpr)
     tl.store(out_ptr, total.to(out_ptr.dtype.element_ty))
 
 
-_SUM_LAUNCHER = Launcher(_sum_partials_kernel, lambda: dict(BLOCK=1024))
+_SUM_LAUNCHER = Launcher(_sum_partials_kernel, lambda: dict(BLOCK=1024), layout=(2, 2))  # 2 pointers, 2 integers
 
 
 def sum_partials(partials, out, divisor: int) -> None:

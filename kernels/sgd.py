@@ -65,7 +65,8 @@ def _sgd_kernel(
             tl.store(param_ptrs[i] + offs, (param.to(ACC_DTYPE) - step * grad).to(param.dtype), mask=inside)
 
 
-_LAUNCHER = Launcher(_sgd_kernel, lambda dtype: dict(BLOCK=BLOCK, ACC_DTYPE=accumulator(dtype)))
+# 3 pointer arguments (two tuples), 2 tuples of integers, the float rate
+_LAUNCHER = Launcher(_sgd_kernel, lambda dtype: dict(BLOCK=BLOCK, ACC_DTYPE=accumulator(dtype)), layout=(3, 2))
 
 
 def rate_argument(lr: float | torch.Tensor, dtype: torch.dtype, device: torch.device) -> float | torch.Tensor:
