@@ -8,11 +8,12 @@ up: for the GEMM's 40-odd arguments, several times the rest of a small op's host
 
 Design trade-off: `Launcher` keeps, per *launch key*, the compiled kernel Triton chose for it, and
 launches that kernel through its own launcher (`CompiledKernel.run`, what `kernel[grid]` ends
-in) with the arguments as they are. The launch key is coarser work than Triton's and finer
-than its result: the exact value of every integer argument, dtype and 16-byte alignment of every
-tensor, the class of anything else (floats are never specialized), element by element inside
-tuples, plus the meta-parameters, the current device and the Triton options read from the
-environment. Everything Triton specializes on is a function of that key, so a launch never
+in) with the arguments as they are. The launch key is cheaper to build than Triton's
+specialization and at least as fine: the exact value of every integer argument, dtype and
+16-byte alignment of every tensor, the class of floats and None (Triton never specializes a
+float), element by element inside tuples, a tensor descriptor by its base, shape, strides and
+block, plus the meta-parameters, the current device and the Triton options read from its
+settings. Everything Triton specializes on is a function of that key, so a launch never
 reuses a kernel compiled for other strides, dtypes, alignment or device; the price is one
 `kernel[grid]` launch for each new key (a new shape), which then binds it. The stream is read
 for every launch, as Triton does, so launches go to the current stream (several streams, CUDA
@@ -97,15 +98,19 @@ class Launcher:
     masks, ...); `meta_of(*variant)` is called only when a launch key is new.
     layout: (pointers, integers) for a kernel whose runtime arguments are that many tensors (or
     None, descriptors, tuples of tensors), then that many ints (or tuples of ints), then floats
-    only; its caller guarantees those types (a launch whose types differ is never bound). The key then takes the integers as one slice, which halves its cost for the GEMM's
-    long argument list. None: every argument is looked at (`argument_key`).
+    only. The key then takes the integers as one slice, which halves its cost for the GEMM's
+    long argument list; the caller guarantees the types (a launch whose types differ is never
+    bound, but a float equal to a bound int would match it). None: every argument is looked at
+    (`argument_key`).
     """
 
     def __init__(self, kernel, meta_of: Callable[..., dict], layout: tuple[int, int] | None = None):
         self.kernel = kernel
         self.meta_of = meta_of
         self.layout = layout
-        self.prebound = not kernel.__class__.__name__ == "InterpretedFunction" and hasattr(kernel, "params")
+        # A compiled kernel's JITFunction, as Triton 3.6 to 3.9 have it (else always kernel[grid]).
+        self.prebound = (kernel.__class__.__name__ != "InterpretedFunction" and hasattr(kernel, "params")
+                         and hasattr(kernel, "pre_run_hooks"))
         self._bound: dict[tuple, tuple] = {}
         self._driver = triton.runtime.driver
 
