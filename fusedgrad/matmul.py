@@ -95,9 +95,8 @@ def gemm_kernel(a, b, relu=False, a_relu_mask=None, b_relu_mask=None, out_relu_m
         launch = dispatch.launch_settings(a, gemm=True)
     if launch.backend == "triton":
         # checked above (`_check_gemm`; `dispatch.resolve` refuses dtypes the kernels lack)
-        return dispatch.load_kernels().matmul_unchecked(a, b, relu=relu, a_relu_mask=a_relu_mask,
-                                                        b_relu_mask=b_relu_mask, out_relu_mask=out_relu_mask,
-                                                        fp32_precision=launch.fp32_precision, tuner=launch.tuner)
+        return dispatch.load_kernels().matmul_unchecked(a, b, relu, a_relu_mask, b_relu_mask, out_relu_mask,
+                                                        launch.fp32_precision, launch.tuner)
     return matmul_reference(a, b, relu=relu, a_relu_mask=a_relu_mask, b_relu_mask=b_relu_mask,
                             out_relu_mask=out_relu_mask)
 

@@ -508,24 +508,13 @@ def matmul(
         if gate.shape != gated.shape or gate.device != gated.device:
             raise ValueError(f"matmul: mask {tuple(gate.shape)} on {gate.device} does not match "
                              f"its operand {tuple(gated.shape)} on {gated.device}")
-    return matmul_unchecked(a, b, relu=relu, a_relu_mask=a_relu_mask, b_relu_mask=b_relu_mask,
-                            out_relu_mask=out_relu_mask, config=config, fp32_precision=fp32_precision, tuner=tuner)
+    return matmul_unchecked(a, b, relu, a_relu_mask, b_relu_mask, out_relu_mask, fp32_precision, tuner, config)
 
 
-def matmul_unchecked(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    *,
-    relu: bool = False,
-    a_relu_mask: torch.Tensor | None = None,
-    b_relu_mask: torch.Tensor | None = None,
-    out_relu_mask: torch.Tensor | None = None,
-    config: GemmConfig | None = None,
-    fp32_precision: str = "ieee",
-    tuner: tuning.Tuner | None = None,
-) -> torch.Tensor:
-    """`matmul` for a caller that has checked its arguments as `matmul` does (fusedgrad's ops):
-    the checks cost as much host time as the rest of a small product."""
+def matmul_unchecked(a, b, relu, a_relu_mask, b_relu_mask, out_relu_mask, fp32_precision: str,
+                     tuner: tuning.Tuner | None, config: GemmConfig | None = None) -> torch.Tensor:
+    """`matmul`, its arguments in order, for a caller that has checked them as `matmul` does
+    (fusedgrad's ops): the checks cost as much host time as the rest of a small product."""
     mask_operand, gate = NO_MASK, None
     if a_relu_mask is not None:
         mask_operand, gate = MASK_A, a_relu_mask

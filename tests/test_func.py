@@ -57,7 +57,7 @@ def test_vmap_rows_in_one_launch_and_other_batches_by_slices(backend, monkeypatc
     if backend == "triton":
         kernels = fusedgrad.dispatch.load_kernels()
         matmul = kernels.matmul_unchecked
-        monkeypatch.setattr(kernels, "matmul_unchecked", lambda a, b, **kw: launches.append(a.shape) or matmul(a, b, **kw))
+        monkeypatch.setattr(kernels, "matmul_unchecked", lambda a, b, *args: launches.append(a.shape) or matmul(a, b, *args))
     xs, w1s = torch.randn(4, 8, 12, device=x.device), torch.randn(5, 12, 6, device=x.device)
     with fusedgrad.backend(backend):
         rows = vmap(lambda xi: fusedgrad.mm_relu(xi, w1))(xs)
