@@ -437,12 +437,11 @@ def launch(
                     reduce_scale, dot_precision(a.dtype, fp32_precision))
     if config is not None:
         config = GemmConfig.of(config)
-    elif tuner is None:  # the untuned tiles: what the tuner would need is not made
-        config = tuning.choose(a, b, _variant(epilogue, mask_operand), args.input_precision, interpreted=INTERPRETED)
     else:
+        tuned = tuner is not None  # what only the tuner reads is made only for it
         config = tuning.choose(a, b, _variant(epilogue, mask_operand), args.input_precision, interpreted=INTERPRETED,
-                               tuner=tuner, prepare=functools.partial(_on_scratch, args),
-                               tma_ready=args.tma_ready)
+                               tuner=tuner, prepare=functools.partial(_on_scratch, args) if tuned else None,
+                               tma_ready=args.tma_ready if tuned else None)
     _enqueue(args, config)
 
 
