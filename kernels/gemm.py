@@ -192,7 +192,8 @@ def _matmul_kernel(
                 a = tl.where(gate <= 0, 0.0, a)
             if MASK_OPERAND == 2:
                 b = tl.where(gate <= 0, 0.0, b)
-            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+            # out_dtype named: Triton 3.6 takes float32 otherwise, and refuses a float64 acc.
+            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
 
         finish = True
         if SPLIT_K > 1:
