@@ -22,6 +22,7 @@ with `launches` counting the driver launch calls each case makes (what proves th
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import sys
@@ -54,17 +55,18 @@ def pretend_gpu() -> stub_driver.StubDriver:
 
 
 def gemm_cases() -> dict:
-    """The autograd step's five GEMM launches, as (a, b, c, launch options)."""
+    """The autograd step's five GEMM launches: name -> a callable making it."""
     from fusedgrad.kernels import gemm
     batch, d_in, hidden, d_out = common.TUTORIAL
     x, w1, w2 = torch.randn(batch, d_in), torch.randn(d_in, hidden), torch.randn(hidden, d_out)
     h, grad_y = torch.randn(batch, hidden).relu(), torch.randn(batch, d_out)
-    return {"relu(x @ w1)": (x, w1, torch.empty(batch, hidden), dict(epilogue="relu")),
-            "h @ w2": (h, w2, torch.empty(batch, d_out), {}),
-            "grad_y @ w2.T": (grad_y, w2.T, torch.empty(batch, hidden), {}),
-            "h.T @ grad_y": (h.T, grad_y, torch.empty(hidden, d_out), {}),
-            "(relu'(h) * grad_h).T @ x": (h.T, x, torch.empty(hidden, d_in), dict(mask_operand=gemm.MASK_A, gate=h.T)),
-            "_launch": gemm.launch}
+    launches = {"relu(x @ w1)": (x, w1, torch.empty(batch, hidden), dict(epilogue="relu")),
+                "h @ w2": (h, w2, torch.empty(batch, d_out), {}),
+                "grad_y @ w2.T": (grad_y, w2.T, torch.empty(batch, hidden), {}),
+                "h.T @ grad_y": (h.T, grad_y, torch.empty(hidden, d_out), {}),
+                "(relu'(h) * grad_h).T @ x": (h.T, x, torch.empty(hidden, d_in),
+                                              dict(mask_operand=gemm.MASK_A, gate=h.T))}
+    return {name: functools.partial(gemm.launch, a, b, c, **options) for name, (a, b, c, options) in launches.items()}
 
 
 def step_cases() -> dict:
@@ -112,10 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     driver = pretend_gpu()
     gemms = gemm_cases()
-    launch = gemms.pop("_launch")
     cases = step_cases()
-    cases.update({f"gemm {name}": (lambda a=a, b=b, c=c, options=options: launch(a, b, c, **options))
-                  for name, (a, b, c, options) in gemms.items()})
+    cases.update({f"gemm {name}": launch for name, launch in gemms.items()})
     times, launches = time_interleaved(cases, number, rounds, driver)
     result = {name: times[name] for name in ("eager_step_us", "autograd_step_us", "fused_step_us")}
     result["gemm_launch_us"] = [{"gemm": name, "us": times[f"gemm {name}"]} for name in gemms]
