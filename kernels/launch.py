@@ -136,9 +136,7 @@ class Launcher:
             self.kernel[grid](*args, **self.meta_of(*variant))
             return
         bound = self._bound.get(key)
-        enter, exit = runtime.launch_enter_hook, runtime.launch_exit_hook
-        if (bound is None or self.kernel.pre_run_hooks or enter is not None and getattr(enter, "calls", True)
-                or exit is not None and getattr(exit, "calls", True)):
+        if bound is None or not _no_hooks(self.kernel):
             self._bind(key, grid, args, variant)  # new, or launches are observed: kernel[grid]
             return
         run, function, packed, meta_args = bound

@@ -17,17 +17,15 @@ import traceback
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "bench"))
 
+import host_cost  # noqa: E402  (bench/host_cost.py: its GPU pretence, stub driver included)
 import stub_driver  # noqa: E402
 
-DRIVER = stub_driver.install()
+DRIVER = host_cost.pretend_gpu()
 
 import torch  # noqa: E402
 from triton import knobs  # noqa: E402
 
-from fusedgrad.kernels import gemm, mse_loss, reduce, sgd, tuning  # noqa: E402
-
-tuning.multiprocessors = lambda index: stub_driver.MULTIPROCESSORS
-tuning.device_index = lambda device: 0
+from fusedgrad.kernels import gemm, mse_loss, reduce, sgd  # noqa: E402
 
 
 class Recorder:
