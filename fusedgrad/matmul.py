@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from . import dispatch, library, settings
+from . import dispatch, library
 from .checks import autocast, check_operands
 from .function import Function, by_slices, forward_mode_active, rows_of
 

@@ -198,7 +198,7 @@ def _update(params: list[torch.Tensor], grads: list[torch.Tensor], rates: list) 
         bucket[1].append(grad)
     for key, (bucket_params, bucket_grads, rate) in buckets.items():  # under no_grad: SGD.step's, the op's
         if key[2] == "triton":
-            dispatch.load_kernels().sgd_step(bucket_params, bucket_grads, rate)
+            dispatch.load_kernels().sgd_step_unchecked(bucket_params, bucket_grads, rate)  # checked above
             library.bump_versions(*bucket_params)
         elif isinstance(rate, torch.Tensor):
             torch._foreach_sub_(bucket_params, torch._foreach_mul(bucket_grads, rate))

@@ -12,8 +12,8 @@ from .config import GemmConfig, Variant
 from .precision import DTYPES, DOT_PRECISIONS, KERNEL_DTYPES, PRECISIONS
 
 # Public name -> the submodule (which imports triton) that defines it.
-_LAUNCHERS = {"INTERPRETED": "gemm", "matmul": "gemm", "matmul_unchecked": "gemm", "mse_loss_and_grad": "mse_loss", "sgd_step": "sgd",
-              "two_layer_sgd_step": "train_step"}
+_LAUNCHERS = {"INTERPRETED": "gemm", "matmul": "gemm", "matmul_unchecked": "gemm", "mse_loss_and_grad": "mse_loss",
+              "sgd_step": "sgd", "sgd_step_unchecked": "sgd", "two_layer_sgd_step": "train_step"}
 _SUBMODULES = ("gemm", "mse_loss", "reduce", "sgd", "train_step", "tuning")
 
 

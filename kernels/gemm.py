@@ -51,7 +51,7 @@ import triton.language as tl
 
 from . import tuning
 from .config import GemmConfig, Variant
-from .launch import Launcher
+from .launch import Launcher, pointer_key
 from .precision import KERNEL_DTYPES, accumulator_dtype, check_fp32_precision, dot_precision
 from .reduce import accumulator, sum_in_fixed_order
 from .sgd import learning_rate
@@ -367,8 +367,10 @@ def _meta(config: GemmConfig, mask_operand: int, epilogue: str, input_precision:
 _LAUNCHER = Launcher(_matmul_kernel, _meta, layout=(11, 14))  # 11 pointers, 14 sizes and strides, 3 floats
 
 
-def _enqueue(args: GemmArgs, config: GemmConfig) -> None:
-    """Launch `_matmul_kernel` for `args` with `config`."""
+def _enqueue(args: GemmArgs, config: GemmConfig, plan: tuple | None = None) -> None:
+    """Launch `_matmul_kernel` for `args` with `config`; `plan`, `launch`'s name for this launch,
+    is handed to the launcher where the launch takes pointers it can be given again (no TMA
+    descriptors, no split-K scratch)."""
     # Unpacked once, strides read once per tensor: this runs on every launch, and host time is
     # the bound at small sizes.
     (a, b, c, mask_operand, gate, epilogue, aux, partials, scale, lr, reduce, reduce_out, reduce_scale,
@@ -390,7 +392,8 @@ def _enqueue(args: GemmArgs, config: GemmConfig) -> None:
         stride_gate_0, stride_gate_1,
         stride_aux_m, stride_aux_n,
         float(scale), float(reduce_scale), 0.0 if lr_ptr is not None else float(lr),
-    ), (config, mask_operand, epilogue, input_precision, a.dtype, INTERPRETED and _has_bf16(args), tma, *stored_t))
+    ), (config, mask_operand, epilogue, input_precision, a.dtype, INTERPRETED and _has_bf16(args), tma, *stored_t),
+        None if tma or workspace is not None else plan)
 
 
 @functools.lru_cache(maxsize=None)
@@ -434,16 +437,31 @@ def launch(
     N = b.shape[1]
     if M == 0 or N == 0:
         return
-    args = GemmArgs(a, b, c, mask_operand, gate, epilogue, aux, partials, scale, lr, reduce, reduce_out,
-                    reduce_scale, dot_precision(a.dtype, fp32_precision))
+    input_precision = dot_precision(a.dtype, fp32_precision)
     if config is not None:
         config = GemmConfig.of(config)
-    else:
+    plan = None
+    if (config is not None or tuner is None) and _LAUNCHER.prebound:
+        # Given tiles or the heuristic's (never a tuner's, whose choice may change): the launch
+        # is a function of what `plan` holds (a bound plan's launch is the one `_enqueue` would
+        # make for the same tensors), so a launch of a known plan skips the rest of this
+        # function and `_enqueue`.
+        lr_ptr = lr if isinstance(lr, torch.Tensor) else None
+        pointers = (a, b, c, gate, aux, partials, reduce, reduce_out, lr_ptr, None, None)
+        plan = (M, N, K, a.device, config, epilogue, mask_operand, input_precision, a.stride(), b.stride(),
+                _strides(c), _strides(gate), _strides(aux), None if reduce is None else reduce.numel(),
+                pointer_key(pointers))
+        if _LAUNCHER.launch_plan(plan, pointers, (float(scale), float(reduce_scale),
+                                                  0.0 if lr_ptr is not None else float(lr))):
+            return
+    args = GemmArgs(a, b, c, mask_operand, gate, epilogue, aux, partials, scale, lr, reduce, reduce_out,
+                    reduce_scale, input_precision)
+    if config is None:
         tuned = tuner is not None  # what only the tuner reads is made only for it
         config = tuning.choose(a, b, _variant(epilogue, mask_operand), args.input_precision, interpreted=INTERPRETED,
                                tuner=tuner, prepare=functools.partial(_on_scratch, args) if tuned else None,
                                tma_ready=args.tma_ready if tuned else None)
-    _enqueue(args, config)
+    _enqueue(args, config, plan)
 
 
 def _refuse_operands(**operands) -> None:

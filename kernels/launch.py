@@ -23,6 +23,7 @@ compiled kernels lack the expected launcher all take `kernel[grid]` itself.
 
 from __future__ import annotations
 
+import operator
 from typing import Callable
 
 import torch
@@ -53,6 +54,24 @@ def argument_key(args) -> tuple:
     return tuple(key)
 
 
+def pointer_key(args) -> tuple:
+    """`argument_key` of arguments that are tensors, None, tuples of those or descriptors (a
+    layout's pointers), in that order of likelihood: None, the most common, costs least."""
+    key = []
+    append = key.append
+    for arg in args:
+        if arg is None:
+            append(None)
+        elif arg.__class__ in _TENSORS:
+            append(arg.dtype)
+            append(not arg.data_ptr() & 15)
+        elif arg.__class__ is tuple:
+            append(pointer_key(arg))
+        else:
+            append(_descriptor_key(arg))
+    return tuple(key)
+
+
 def _descriptor_key(arg):
     base = getattr(arg, "base", None)
     if not isinstance(base, torch.Tensor):
@@ -70,13 +89,22 @@ class _Unbindable(Exception):
     """An argument `argument_key` does not know: the launch goes through `kernel[grid]`."""
 
 
+# What Triton reads from its settings on every launch and puts in its own cache key (those this
+# Triton has), read in one call: a part of every launch key.
+_OPTIONS = tuple(name for name in ("runtime.debug", "compilation.instrumentation_mode",
+                                   "compilation.fpsan_homomorphic_casts", "runtime.add_stages_inspection_hook")
+                 if hasattr(getattr(knobs, name.split(".")[0]), name.split(".")[1]))
+_read_options = operator.attrgetter(*_OPTIONS)
+
+
 def _no_hooks(kernel) -> bool:
     """Whether nothing observes or alters launches (launch hooks: profilers; pre-run hooks; a
     custom compiler pipeline): then `kernel[grid]` passes nothing but the launch either."""
-    for hook in (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook):
+    runtime = knobs.runtime
+    for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook):
         if hook is not None and getattr(hook, "calls", True):
             return False
-    return not kernel.pre_run_hooks and getattr(knobs.runtime, "add_stages_inspection_hook", None) is None
+    return not kernel.pre_run_hooks and getattr(runtime, "add_stages_inspection_hook", None) is None
 
 
 def _runner(compiled):
@@ -102,6 +130,13 @@ class Launcher:
     long argument list; the caller guarantees the types (a launch whose types differ is never
     bound, but a float equal to a bound int would match it). None: every argument is looked at
     (`argument_key`).
+
+    A caller that can name a launch more cheaply than its arguments do may pass `plan`: a
+    hashable key that, with the current device and Triton's options, determines the grid, the
+    variant and every argument but the pointers' addresses and the floats' values (so it
+    includes `pointer_key` of the pointers). Once that launch is bound, `launch_plan(plan,
+    pointers, floats)` makes it again with new addresses and floats, skipping the caller's own
+    argument work as well as the key (layout launchers only).
     """
 
     def __init__(self, kernel, meta_of: Callable[..., dict], layout: tuple[int, int] | None = None):
@@ -112,36 +147,51 @@ class Launcher:
         self.prebound = (kernel.__class__.__name__ != "InterpretedFunction" and hasattr(kernel, "params")
                          and hasattr(kernel, "pre_run_hooks"))
         self._bound: dict[tuple, tuple] = {}
+        self._plans: dict[tuple, tuple] = {}  # (plan, device, options) -> (bound, grid, integers)
         self._driver = triton.runtime.driver
 
-    def __call__(self, grid: tuple, args: tuple, variant: tuple) -> None:
+    def launch_plan(self, plan: tuple, pointers: tuple, floats: tuple) -> bool:
+        """Launch what `plan` was bound to, with these pointers and floats; False (nothing
+        launched) if it is not bound or launches are observed: the caller then takes `__call__`."""
+        driver = self._driver.active
+        device = driver.get_current_device()
+        entry = self._plans.get((plan, device, _read_options(knobs)))
+        if entry is None or not _no_hooks(self.kernel):
+            return False
+        (run, function, packed, meta_args), (grid_0, grid_1, grid_2), integers = entry
+        run(grid_0, grid_1, grid_2, driver.get_current_stream(device), function, packed, None, None, None,
+            *pointers, *integers, *floats, *meta_args)
+        return True
+
+    def __call__(self, grid: tuple, args: tuple, variant: tuple, plan: tuple | None = None) -> None:
         if not self.prebound:
             self.kernel[grid](*args, **self.meta_of(*variant))
             return
         driver = self._driver.active
         device = driver.get_current_device()
-        runtime, compilation = knobs.runtime, knobs.compilation
+        options = _read_options(knobs)  # a custom compiler pipeline, once set, keeps launches on kernel[grid]
         try:
-            # What Triton reads from its settings on every launch is part of its key too (a
-            # custom compiler pipeline, once set, keeps launches on kernel[grid]: `_no_hooks`).
-            options = (runtime.debug, compilation.instrumentation_mode,
-                       getattr(compilation, "fpsan_homomorphic_casts", None),
-                       getattr(runtime, "add_stages_inspection_hook", None))
             if self.layout is None:
                 key = (variant, device, options, argument_key(args))
             else:
                 pointers, integers = self.layout
-                key = (variant, device, options, argument_key(args[:pointers]), args[pointers:pointers + integers])
+                key = (variant, device, options, pointer_key(args[:pointers]), args[pointers:pointers + integers])
         except _Unbindable:
             self.kernel[grid](*args, **self.meta_of(*variant))
             return
         bound = self._bound.get(key)
         if bound is None or not _no_hooks(self.kernel):
             self._bind(key, grid, args, variant)  # new, or launches are observed: kernel[grid]
-            return
-        run, function, packed, meta_args = bound
-        run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1,
-            driver.get_current_stream(device), function, packed, None, None, None, *args, *meta_args)
+            bound = self._bound.get(key)
+        else:
+            run, function, packed, meta_args = bound
+            run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1,
+                driver.get_current_stream(device), function, packed, None, None, None, *args, *meta_args)
+        if plan is not None and bound is not None and self.layout is not None:
+            if len(self._plans) >= MAX_BOUND:
+                self._plans.clear()
+            full_grid = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+            self._plans[(plan, device, options)] = (bound, full_grid, key[-1])
 
     def _bind(self, key: tuple, grid: tuple, args: tuple, variant: tuple) -> None:
         """Launch through `kernel[grid]`, and remember what it compiled for `key`."""
@@ -169,3 +219,4 @@ class Launcher:
     def clear(self) -> None:
         """Forget every bound launch (the next launch of each key goes through `kernel[grid]`)."""
         self._bound.clear()
+        self._plans.clear()

@@ -87,13 +87,21 @@ def sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], lr: float | 
                 or param.dtype != grad.dtype or param.dtype != params[0].dtype:
             raise ValueError(f"sgd: parameter {tuple(param.shape)} {param.dtype} and gradient "
                              f"{tuple(grad.shape)} {grad.dtype} must be contiguous and alike")
+    sgd_step_unchecked(params, grads, lr)
+
+
+def sgd_step_unchecked(params: list[torch.Tensor], grads: list[torch.Tensor], lr: float | torch.Tensor) -> None:
+    """`sgd_step` for a caller that has checked its arguments as `sgd_step` does (fusedgrad's
+    optimizer, which checks more)."""
     # launch (nothing to allocate, but an exact float64 rate)
-    if params and params[0].dtype == torch.float64:
-        lr = rate_argument(lr, params[0].dtype, params[0].device)
+    dtype = params[0].dtype if params else None
+    if dtype == torch.float64:
+        lr = rate_argument(lr, dtype, params[0].device)
     lr_ptr = lr if isinstance(lr, torch.Tensor) else None
+    rate = 0.0 if lr_ptr is not None else float(lr)
     for first in range(0, len(params), MAX_TENSORS):
         chunk = tuple(params[first:first + MAX_TENSORS])
-        numels = tuple(param.numel() for param in chunk)
+        numels = tuple([param.numel() for param in chunk])
         block_starts = [0]
         for numel in numels:
             block_starts.append(block_starts[-1] + cdiv(numel, BLOCK))
@@ -103,5 +111,5 @@ def sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], lr: float | 
             chunk, tuple(grads[first:first + MAX_TENSORS]),
             lr_ptr,
             tuple(block_starts), numels,
-            0.0 if lr_ptr is not None else float(lr),
-        ), (params[0].dtype,))
+            rate,
+        ), (dtype,))

@@ -29,14 +29,19 @@ from fusedgrad.kernels import gemm, mse_loss, reduce, sgd  # noqa: E402
 
 
 class Recorder:
-    """Stands in for a module's Launcher and keeps each call's (grid, args, variant)."""
+    """Stands in for a module's Launcher and keeps each call's (grid, args, variant). Plans
+    (`Launcher.launch_plan`) are refused unless `planned`, so every launch is recorded."""
 
-    def __init__(self, launcher):
-        self.launcher, self.calls = launcher, []
+    def __init__(self, launcher, planned: bool = False):
+        self.launcher, self.calls, self.planned = launcher, [], planned
+        self.prebound = launcher.prebound
 
-    def __call__(self, grid, args, variant):
+    def __call__(self, grid, args, variant, plan=None):
         self.calls.append((grid, args, variant))
-        self.launcher(grid, args, variant)
+        self.launcher(grid, args, variant, plan)
+
+    def launch_plan(self, plan, pointers, floats) -> bool:
+        return self.planned and self.launcher.launch_plan(plan, pointers, floats)
 
 
 def launches_of(module, fn) -> list:
@@ -106,6 +111,58 @@ def check_every_tutorial_launch_is_the_same_as_kernel_grid():
         assert_same_launch(launcher, grid, args, variant, f"{launcher.kernel} {variant}")
 
 
+def launches_during(fn, planned: bool) -> list:
+    """The driver launches `fn()` makes, with GEMM plans taken (`planned`) or refused; with
+    them taken, asserts that no GEMM launch took the full path."""
+    launches, record = [], DRIVER.record
+    DRIVER.record = lambda *launch: (launches.append(launch), record(*launch))
+    launcher = gemm._LAUNCHER
+    gemm._LAUNCHER = recorder = Recorder(launcher, planned)
+    try:
+        fn()
+    finally:
+        DRIVER.record, gemm._LAUNCHER = record, launcher
+    assert not (planned and recorder.calls), f"{len(recorder.calls)} launches missed their plan"
+    return launches
+
+
+def comparable(launch, inputs: set) -> tuple:
+    """A driver launch with each tensor argument as what a launch may depend on: dtype, shape,
+    strides, and its address for the caller's tensors (`inputs`: data_ptr), else its alignment."""
+    def part(arg):
+        if isinstance(arg, torch.Tensor):
+            address = arg.data_ptr()
+            return (arg.dtype, arg.shape, arg.stride(), address if address in inputs else address % 16)
+        if isinstance(arg, tuple):
+            return tuple(part(item) for item in arg)
+        return (type(arg), arg)
+    grid, stream, function, args = launch
+    return tuple(grid), stream, function, part(tuple(args))
+
+
+def planned(fn) -> stub_driver.Launch:
+    """The launch `fn()` (one GEMM launch) makes through its plan; run once before, to bind it."""
+    fn()
+    launches_during(fn, planned=True)
+    return DRIVER.last_launch
+
+
+def check_planned_launches_are_the_same_as_full_ones():
+    """GEMM launches through a plan (`Launcher.launch_plan`) reach the driver as those that
+    take `launch`'s whole path: the fused step's five, and a gated product."""
+    x, w1, w2, y = tutorial_tensors()
+    from fusedgrad.kernels.train_step import two_layer_sgd_step
+    h = torch.randn(64, 100)
+    for what, fn, tensors in (("fused step", lambda: two_layer_sgd_step(x, y, w1, w2, 1e-3), (x, y, w1, w2)),
+                              ("gated product", lambda: gemm.matmul(x.T, torch.randn(64, 100), b_relu_mask=h),
+                               (x, h))):
+        inputs = {t.data_ptr() for t in tensors}
+        full = [comparable(launch, inputs) for launch in launches_during(fn, planned=False)]
+        fn()
+        through_plans = [comparable(launch, inputs) for launch in launches_during(fn, planned=True)]
+        assert through_plans == full, f"{what}: planned launches differ from full ones"
+
+
 def gemm_call(a, b, c, **options):
     (launcher, grid, args, variant), = launches_of(gemm, lambda: gemm.launch(a, b, c, **options))
     return launcher, grid, args, variant
@@ -127,11 +184,13 @@ def check_no_stale_specialization():
     functions = {base.function}
     for what, (a, b, c) in cases.items():
         got = assert_same_launch(*gemm_call(a, b, c), what)
+        assert same(planned(lambda: gemm.launch(a, b, c)), got), f"{what}: the planned launch differs"
         functions.add(got.function)
     assert len(functions) == len(cases) + 1, f"each change compiles a kernel of its own: {functions}"
     # back to the first layout: its bound launch again, not the last one bound
     again = prebound(*gemm_call(x, w1, torch.empty(64, 100)))
     assert again.function == base.function
+    assert planned(lambda: gemm.launch(x, w1, torch.empty(64, 100))).function == base.function
 
 
 def check_device_and_stream_are_read_every_launch():
@@ -142,8 +201,11 @@ def check_device_and_stream_are_read_every_launch():
     try:
         on_1 = assert_same_launch(*call, "device 1")
         assert on_1.function != on_0.function, "device 1 must load the kernel for itself"
+        c = torch.empty(64, 100)
+        assert planned(lambda: gemm.launch(x, w1, c)).function == on_1.function
         DRIVER.stream = 7
         assert prebound(*call).stream == 7
+        assert planned(lambda: gemm.launch(x, w1, c)).stream == 7
     finally:
         DRIVER.device, DRIVER.stream = 0, 0
     assert prebound(*call).function == on_0.function
@@ -164,14 +226,17 @@ def check_launch_hooks_take_kernel_grid():
         knobs.runtime.launch_enter_hook = hook
     try:
         launcher(grid, args, variant)
+        c = torch.empty(64, 100)
+        gemm.launch(x, w1, c)  # a bound plan too: observed, it takes kernel[grid]
     finally:
         if hasattr(chain, "remove"):
             chain.remove(hook)
         else:
             knobs.runtime.launch_enter_hook = chain
-    assert len(seen) == 1, seen
+    assert len(seen) == 2, seen
     prebound(launcher, grid, args, variant)
-    assert len(seen) == 1
+    planned(lambda: gemm.launch(x, w1, c))
+    assert len(seen) == 2
 
 
 def main() -> int:

@@ -124,14 +124,16 @@ def test_host_cost_reaches_the_stubbed_driver_for_every_launch(tmp_path):
     result = run_host_cost(tmp_path, "--json", str(out))
     assert result.returncode == 0, result.stderr
     record = json.loads(out.read_text())
-    for name in ("eager_step_us", "autograd_step_us", "fused_step_us"):
+    for name in ("eager_step_us", "autograd_step_us", "fused_step_us", "floor_step_us"):
         assert 0 < record[name] < 1e5, (name, record[name])
     assert [row["gemm"] for row in record["gemm_launch_us"]][0] == "relu(x @ w1)"
     assert len(record["gemm_launch_us"]) == 5 and all(0 < row["us"] < 1e4 for row in record["gemm_launch_us"])
     # Launches that reached the driver's launch call, per call of each case: the autograd step's
-    # 5 GEMMs, loss and SGD; the fused step's 5 GEMMs; one each for the GEMMs; none for eager.
+    # 5 GEMMs, loss and SGD; the fused step's 5 GEMMs; one each for the GEMMs; none for eager
+    # and for the skeleton of Functions that launch nothing.
     launches = record["launches"]
     assert launches.pop("eager_step_us") == 0 and launches.pop("autograd_step_us") == 7
+    assert launches.pop("floor_step_us") == 0
     assert launches.pop("fused_step_us") == 5 and set(launches.values()) == {1}
     assert record["autograd_vs_eager"] == record["autograd_step_us"] / record["eager_step_us"]
     assert {"torch", "triton", "git_commit", "date"} <= set(record["environment"])

@@ -238,7 +238,7 @@ def _kernel_grid_only(monkeypatch):
 
 
 def test_prebound_launches_are_bitwise_kernel_grid_and_safe_in_graphs_and_streams(monkeypatch):
-    """The fused step and the autograd step, pre-bound (the second call of each key on), give
+    """The fused step and the autograd step, pre-bound and planned (the second call of each key on), give
     bitwise what kernel[grid] gives; pre-bound launches captured in a CUDA graph replay to the
     same bits, and go to whichever stream is current."""
     from fusedgrad.kernels import gemm

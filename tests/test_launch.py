@@ -24,7 +24,7 @@ def test_prebound_launches_equal_kernel_grid_on_the_real_launch_path():
                             timeout=600, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     checks = [line for line in result.stdout.splitlines() if line.startswith("ok ")]
-    assert len(checks) == 4, result.stdout
+    assert len(checks) == 5, result.stdout
 
 
 def test_the_launch_key_holds_what_triton_specializes_on():
@@ -37,6 +37,25 @@ def test_the_launch_key_holds_what_triton_specializes_on():
     assert key((3,)) != key((1,)) and key((0.5,)) == key((2.0,))  # floats are never specialized
     assert key(((t, offset), (1, 2))) == ((torch.float32, True, torch.float32, False), (1, 2))
     assert key((torch.nn.Parameter(t),)) == key((t,))
+
+
+def test_the_pointer_key_holds_what_triton_specializes_on_pointers():
+    t = torch.randn(8, 8)
+    offset = torch.randn(65)[1:].view(8, 8)
+    key = launch.pointer_key
+    assert key((t, None, offset)) == (torch.float32, True, None, torch.float32, False)
+    assert key((t.half(),)) != key((t,)) != key((offset,)) != key((None,))
+    assert key(((t, offset), None)) == ((torch.float32, True, torch.float32, False), None)
+    with pytest.raises(launch._Unbindable):  # not a pointer: such a launch is never pre-bound
+        key((3,))
+
+
+def test_an_unknown_plan_launches_nothing():
+    launcher = launch.Launcher(gemm._matmul_kernel, gemm._meta, layout=(11, 14))
+    if not launcher.prebound:  # the interpreter: plans are never made
+        assert gemm.INTERPRETED
+        return
+    assert launcher.launch_plan(("never bound",), (), ()) is False
 
 
 def test_an_argument_the_key_does_not_know_launches_through_kernel_grid():
