@@ -17,6 +17,10 @@ over rounds of each round's mean), one thread:
     autograd_step_us   fusedgrad's autograd step: mm_relu, mm, mse_loss, backward, SGD step, zero_grad
     fused_step_us      `fusedgrad.train_step`, no CUDA graph
     gemm_launch_us     `fusedgrad.kernels.gemm.launch` alone, per GEMM of the step
+    floor_step_us      the autograd step's skeleton: its three autograd Functions (fusedgrad's
+                       cheaper `apply`) doing nothing but allocate their outputs and gradients,
+                       then `zero_grad`: no check, dispatch, launch or update. What any step
+                       built of Python autograd Functions costs before its own work
 with `launches` counting the driver launch calls each case makes (what proves the path ran).
 """
 
@@ -69,6 +73,51 @@ def gemm_cases() -> dict:
     return {name: functools.partial(gemm.launch, a, b, c, **options) for name, (a, b, c, options) in launches.items()}
 
 
+def floor_step():
+    """The autograd step of the tutorial's shapes as Python autograd Functions that only
+    allocate: forward saves what fusedgrad's Functions save, backward allocates the gradients."""
+    from fusedgrad.function import Function
+    from fusedgrad.train import TrainConfig, make_problem
+
+    class Product(Function):
+        @staticmethod
+        def forward(a, b):
+            return torch.empty((a.shape[0], b.shape[1]))
+
+        @staticmethod
+        def setup_context(ctx, inputs, out):
+            ctx.save_for_backward(*inputs, out)
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            a, b, _ = ctx.saved_tensors
+            needs_a, needs_b = ctx.needs_input_grad
+            return torch.empty(a.shape) if needs_a else None, torch.empty(b.shape) if needs_b else None
+
+    class Loss(Function):
+        @staticmethod
+        def forward(input, target):
+            return torch.empty(()), torch.empty(input.shape)
+
+        @staticmethod
+        def setup_context(ctx, inputs, outputs):
+            ctx.save_for_backward(outputs[1])
+
+        @staticmethod
+        def backward(ctx, grad_loss, _grad_of_grad):
+            return ctx.saved_tensors[0], None
+
+    x, y, w1, w2 = make_problem(TrainConfig(), torch.device("cpu"), torch.float32)
+
+    def step():
+        loss = Loss.apply(Product.apply(Product.apply(x, w1), w2), y)[0]
+        loss.backward()
+        w1.grad = w2.grad = None
+        return loss
+
+    return step
+
+
 def step_cases() -> dict:
     """name -> a callable running one step."""
     from fusedgrad.train import TrainConfig, make_problem, make_step
@@ -85,7 +134,7 @@ def step_cases() -> dict:
         return run
 
     return {"eager_step_us": make_step("reference", False, *eager, 1e-6),
-            "autograd_step_us": on_triton(autograd), "fused_step_us": on_triton(fused)}
+            "autograd_step_us": on_triton(autograd), "fused_step_us": on_triton(fused), "floor_step_us": floor_step()}
 
 
 def time_interleaved(cases: dict, number: int, rounds: int, driver) -> tuple[dict, dict]:
@@ -117,17 +166,18 @@ def main(argv: list[str] | None = None) -> int:
     cases = step_cases()
     cases.update({f"gemm {name}": launch for name, launch in gemms.items()})
     times, launches = time_interleaved(cases, number, rounds, driver)
-    result = {name: times[name] for name in ("eager_step_us", "autograd_step_us", "fused_step_us")}
+    result = {name: times[name] for name in ("eager_step_us", "autograd_step_us", "fused_step_us", "floor_step_us")}
     result["gemm_launch_us"] = [{"gemm": name, "us": times[f"gemm {name}"]} for name in gemms]
     result["launches"] = launches
     result["autograd_vs_eager"] = result["autograd_step_us"] / result["eager_step_us"]
     result["fused_vs_eager"] = result["fused_step_us"] / result["eager_step_us"]
+    result["floor_vs_eager"] = result["floor_step_us"] / result["eager_step_us"]
     result.update(number=number, rounds=rounds, quick=args.quick, launcher=driver.launcher_cls.__name__,
                   multiprocessors=stub_driver.MULTIPROCESSORS)
     for name, us in times.items():
         print(f"{name:40s} {us:7.1f} µs   {launches[name]} launches")
     print(f"autograd step / eager step {result['autograd_vs_eager']:.2f}   "
-          f"fused step / eager step {result['fused_vs_eager']:.2f}")
+          f"fused step / eager step {result['fused_vs_eager']:.2f}   floor / eager step {result['floor_vs_eager']:.2f}")
     common.write_result(args.json, result, torch.device("cpu"))
     return 0
 
