@@ -449,7 +449,8 @@ def launch(
         lr_ptr = lr if isinstance(lr, torch.Tensor) else None
         pointers = (a, b, c, gate, aux, partials, reduce, reduce_out, lr_ptr, None, None)
         plan = (M, N, K, a.device, config, epilogue, mask_operand, input_precision, a.stride(), b.stride(),
-                _strides(c), _strides(gate), _strides(aux), None if reduce is None else reduce.numel(),
+                None if c is None else c.stride(), None if gate is None else gate.stride(),
+                None if aux is None else aux.stride(), None if reduce is None else reduce.numel(),
                 pointer_key(pointers))
         if _LAUNCHER.launch_plan(plan, pointers, (float(scale), float(reduce_scale),
                                                   0.0 if lr_ptr is not None else float(lr))):
@@ -542,14 +543,15 @@ def matmul_unchecked(a, b, relu, a_relu_mask, b_relu_mask, out_relu_mask, fp32_p
     c = torch.empty((a.shape[0], b.shape[1]), dtype=a.dtype, device=a.device)
     # launch
     epilogue = "relu" if relu else "relu_mask" if out_relu_mask is not None else "none"
-    settings = dict(epilogue=epilogue, aux=out_relu_mask, config=config, fp32_precision=fp32_precision, tuner=tuner)
     if mask_operand == MASK_B:
         # c.T = (b.T * relu'(gate.T)) @ a.T: the same product, with the gated operand as A. A
         # gated B is zeroed in registers and must go back to shared memory every K step (Hopper's
         # wgmma reads B only from there), and Triton then waits for each wgmma before the next
         # step; a gated A feeds wgmma from registers and keeps wgmmas in flight. IEEE fp32 (FMA)
         # tiles also spill with a gated B and not with a gated A (bench/NOTES.md v5a, v5e).
-        launch(b.T, a.T, c.T, mask_operand=MASK_A, gate=gate.T, **settings)
+        launch(b.T, a.T, c.T, mask_operand=MASK_A, gate=gate.T, epilogue=epilogue, aux=out_relu_mask, config=config,
+               fp32_precision=fp32_precision, tuner=tuner)
     else:
-        launch(a, b, c, mask_operand=mask_operand, gate=gate, **settings)
+        launch(a, b, c, mask_operand=mask_operand, gate=gate, epilogue=epilogue, aux=out_relu_mask, config=config,
+               fp32_precision=fp32_precision, tuner=tuner)
     return c
