@@ -247,8 +247,8 @@ def _matmul_kernel(
 INTERPRETED = type(_matmul_kernel).__name__ == "InterpretedFunction"
 
 
-def plan(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device,
-         config: GemmConfig | dict | None = None) -> tuple[GemmConfig, int]:
+def tiles_of(M: int, N: int, K: int, dtype: torch.dtype, device: torch.device,
+             config: GemmConfig | dict | None = None) -> tuple[GemmConfig, int]:
     """(config, number of output tiles) of a launch, so callers can size per-tile buffers before
     it; pass the config on to `launch` (a launch given a config never autotunes)."""
     config = tuning.default(M, N, K, dtype, device, interpreted=INTERPRETED) if config is None else GemmConfig.of(config)
@@ -424,6 +424,7 @@ def launch(
     config: GemmConfig | dict | None = None,
     fp32_precision: str = "ieee",
     tuner: tuning.Tuner | None = None,
+    plan: tuple | None = None,
 ) -> None:
     """Launch `_matmul_kernel` on checked, allocated tensors (callers check; this only launches).
 
@@ -431,6 +432,10 @@ def launch(
     also writes reduce_scale * sum(reduce) to reduce_out. `config` fixes the tiles; without it
     `tuning.choose` picks them: the heuristic's, or with a `tuner` the autotuned ones.
     `fp32_precision` is one of `precision.DOT_PRECISIONS` (float32 inputs only).
+    `plan`: a caller's own name for this launch (a hashable key of its own making, distinct
+    from any other launch's), standing for everything the plan below holds: shapes, strides,
+    dtypes, 16-byte alignment and absence of every tensor, epilogue, mask, precision, tiles
+    and device. A caller that launches a fixed sequence (the fused step) names it once.
     """
     check_fp32_precision(fp32_precision, "launch")
     M, K = a.shape
@@ -440,7 +445,6 @@ def launch(
     input_precision = dot_precision(a.dtype, fp32_precision)
     if config is not None:
         config = GemmConfig.of(config)
-    plan = None
     if (config is not None or tuner is None) and _LAUNCHER.prebound:
         # Given tiles or the heuristic's (never a tuner's, whose choice may change): the launch
         # is a function of what `plan` holds (a bound plan's launch is the one `_enqueue` would
@@ -448,13 +452,16 @@ def launch(
         # function and `_enqueue`.
         lr_ptr = lr if isinstance(lr, torch.Tensor) else None
         pointers = (a, b, c, gate, aux, partials, reduce, reduce_out, lr_ptr, None, None)
-        plan = (M, N, K, a.device, config, epilogue, mask_operand, input_precision, a.stride(), b.stride(),
-                None if c is None else c.stride(), None if gate is None else gate.stride(),
-                None if aux is None else aux.stride(), None if reduce is None else reduce.numel(),
-                pointer_key(pointers))
+        if plan is None:
+            plan = (M, N, K, a.device, config, epilogue, mask_operand, input_precision, a.stride(), b.stride(),
+                    None if c is None else c.stride(), None if gate is None else gate.stride(),
+                    None if aux is None else aux.stride(), None if reduce is None else reduce.numel(),
+                    pointer_key(pointers))
         if _LAUNCHER.launch_plan(plan, pointers, (float(scale), float(reduce_scale),
                                                   0.0 if lr_ptr is not None else float(lr))):
             return
+    else:
+        plan = None  # a tuner's tiles, or the interpreter: never planned
     args = GemmArgs(a, b, c, mask_operand, gate, epilogue, aux, partials, scale, lr, reduce, reduce_out,
                     reduce_scale, input_precision)
     if config is None:

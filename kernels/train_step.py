@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from . import gemm, sgd, tuning
+from .launch import pointer_key
 from .precision import accumulator_dtype
 
 
@@ -33,18 +34,29 @@ def two_layer_sgd_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: t
     grad_y = torch.empty((batch, d_out), dtype=x.dtype, device=x.device)
     grad_h = torch.empty((batch, hidden), dtype=x.dtype, device=x.device)
     # The loss GEMM keeps the heuristic's tiles: its partial sums are sized by their number.
-    loss_config, programs = gemm.plan(batch, d_out, hidden, x.dtype, x.device)
+    loss_config, programs = gemm.tiles_of(batch, d_out, hidden, x.dtype, x.device)
     partials = torch.empty(programs, dtype=accumulator_dtype(x.dtype), device=x.device)
     loss = torch.empty((), dtype=accumulator_dtype(x.dtype), device=x.device)
     if x.dtype == torch.float64:
         lr = sgd.rate_argument(lr, x.dtype, x.device)
     # launch
-    settings = dict(fp32_precision=fp32_precision, tuner=tuner)
-    gemm.launch(x, w1, h, epilogue="relu", **settings)
+    # The five launches are named once for the step (`gemm.launch`'s `plan`): what each depends
+    # on is the inputs' layout, dtype and alignment, the fresh buffers' alignment (their layout
+    # follows from the inputs' shapes), the rate's kind, the precision and the device.
+    fresh_aligned = not (h.data_ptr() | grad_y.data_ptr() | grad_h.data_ptr() | partials.data_ptr()
+                         | loss.data_ptr()) & 15
+    step = (_STEP, x.shape, w1.shape, w2.shape, x.stride(), y.stride(), w1.stride(), w2.stride(), x.device,
+            fp32_precision, fresh_aligned, pointer_key((x, y, w1, w2, lr if isinstance(lr, torch.Tensor) else None)))
+    gemm.launch(x, w1, h, epilogue="relu", fp32_precision=fp32_precision, tuner=tuner, plan=(step, 1))
     gemm.launch(h, w2, grad_y, epilogue="squared_error", aux=y, partials=partials, scale=2.0,
-                config=loss_config, **settings)
-    gemm.launch(grad_y, w2.T, grad_h, epilogue="relu_mask", aux=h,
-                reduce=partials, reduce_out=loss, **settings)
-    gemm.launch(h.T, grad_y, None, epilogue="sgd", aux=w2, lr=lr, **settings)
-    gemm.launch(x.T, grad_h, None, epilogue="sgd", aux=w1, lr=lr, **settings)
+                config=loss_config, fp32_precision=fp32_precision, tuner=tuner, plan=(step, 2))
+    gemm.launch(grad_y, w2.T, grad_h, epilogue="relu_mask", aux=h, reduce=partials, reduce_out=loss,
+                fp32_precision=fp32_precision, tuner=tuner, plan=(step, 3))
+    gemm.launch(h.T, grad_y, None, epilogue="sgd", aux=w2, lr=lr, fp32_precision=fp32_precision, tuner=tuner,
+                plan=(step, 4))
+    gemm.launch(x.T, grad_h, None, epilogue="sgd", aux=w1, lr=lr, fp32_precision=fp32_precision, tuner=tuner,
+                plan=(step, 5))
     return loss
+
+
+_STEP = object()  # tags the step's launch plans: no other launch's plan begins with it

@@ -38,7 +38,7 @@ class Recorder:
 
     def __call__(self, grid, args, variant, plan=None):
         self.calls.append((grid, args, variant))
-        self.launcher(grid, args, variant, plan)
+        self.launcher(grid, args, variant, plan if self.planned else None)  # refused plans: not stored either
 
     def launch_plan(self, plan, pointers, floats) -> bool:
         return self.planned and self.launcher.launch_plan(plan, pointers, floats)
@@ -149,16 +149,28 @@ def planned(fn) -> stub_driver.Launch:
 
 def check_planned_launches_are_the_same_as_full_ones():
     """GEMM launches through a plan (`Launcher.launch_plan`) reach the driver as those that
-    take `launch`'s whole path: the fused step's five, and a gated product."""
+    take `launch`'s whole path: the fused step's five (named once for the step), for inputs
+    of several layouts, alignments and dtypes, and a gated product."""
     x, w1, w2, y = tutorial_tensors()
     from fusedgrad.kernels.train_step import two_layer_sgd_step
     h = torch.randn(64, 100)
-    for what, fn, tensors in (("fused step", lambda: two_layer_sgd_step(x, y, w1, w2, 1e-3), (x, y, w1, w2)),
-                              ("gated product", lambda: gemm.matmul(x.T, torch.randn(64, 100), b_relu_mask=h),
-                               (x, h))):
+    # The step names its launches once from its inputs: other layouts, alignment and dtypes of
+    # the inputs, and a tensor rate, must each take launches of their own.
+    offset_x = torch.randn(64 * 1000 + 1)[1:].view(64, 1000)
+    w1_t, x64, y64, w1_64, w2_64 = w1.T.contiguous().T, x.double(), y.double(), w1.double(), w2.double()
+    rate = torch.tensor(1e-3, dtype=torch.float64)
+    cases = (("fused step", lambda: two_layer_sgd_step(x, y, w1, w2, 1e-3), (x, y, w1, w2)),
+             ("fused step, x off 16 bytes", lambda: two_layer_sgd_step(offset_x, y, w1, w2, 1e-3),
+              (offset_x, y, w1, w2)),
+             ("fused step, w1 column-major", lambda: two_layer_sgd_step(x, y, w1_t, w2, 1e-3), (x, y, w1_t, w2)),
+             ("fused step, float64, tensor rate", lambda: two_layer_sgd_step(x64, y64, w1_64, w2_64, rate),
+              (x64, y64, w1_64, w2_64, rate)),
+             ("gated product", lambda: gemm.matmul(x.T, torch.randn(64, 100), b_relu_mask=h), (x, h)))
+    for _, fn, _ in cases:  # every case names its launches first: a name two cases shared would show below
+        fn()
+    for what, fn, tensors in cases:
         inputs = {t.data_ptr() for t in tensors}
         full = [comparable(launch, inputs) for launch in launches_during(fn, planned=False)]
-        fn()
         through_plans = [comparable(launch, inputs) for launch in launches_during(fn, planned=True)]
         assert through_plans == full, f"{what}: planned launches differ from full ones"
 

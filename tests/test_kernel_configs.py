@@ -113,7 +113,7 @@ def test_sgd_and_squared_error_epilogues(config):
     assert_close(weight, expected, "float32")
 
     target = torch.randn(45, 24, device=DEVICE)
-    config, tiles = gemm.plan(45, 24, 130, torch.float32, a.device, config)
+    config, tiles = gemm.tiles_of(45, 24, 130, torch.float32, a.device, config)
     grad, partials = torch.empty(45, 24, device=DEVICE), torch.empty(tiles, device=DEVICE)
     gemm.launch(a, b, grad, epilogue="squared_error", aux=target, partials=partials, scale=2.0, config=config)
     diff = float64_product(a, b) - target.double().cpu()
