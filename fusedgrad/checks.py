@@ -11,11 +11,17 @@ import torch
 from .kernels.precision import DTYPES
 
 FLOAT_DTYPES = tuple(DTYPES.values())
+_FLOAT_DTYPE_SET = frozenset(FLOAT_DTYPES)
 
 
 def check_operands(op: str, a: object, b: object, names: tuple[str, str] = ("a", "b")) -> None:
     """Raise unless `a @ b` is well formed: two 2-D floating tensors of one dtype and device
     whose inner dimensions agree."""
+    # The common case in one expression (it runs on every op call); anything else is explained below.
+    if (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype is b.dtype
+            and a.dtype in _FLOAT_DTYPE_SET and a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[0]
+            and a.device == b.device):
+        return
     for name, t in zip(names, (a, b)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -61,7 +67,7 @@ def check_lr(lr: object, where: str, device: torch.device | None = None, dtype: 
             raise ValueError(f"{where}: a tensor lr must be a 0-d floating-point tensor{place}, got shape "
                              f"{tuple(lr.shape)} {lr.dtype} on {lr.device}")
         return
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
+    if type(lr) is not float and (isinstance(lr, bool) or not isinstance(lr, numbers.Real)):  # float: the common case
         raise TypeError(f"{where}: lr must be a number or a 0-d tensor, got {type(lr).__name__}")
     if not 0 <= lr <= sys.float_info.max:  # false for NaN and infinities; exact for huge ints
         raise ValueError(f"{where}: lr must be finite and >= 0, got {lr}")
