@@ -158,8 +158,8 @@ class Launcher:
         entry = self._plans.get((plan, device, _read_options(knobs)))
         if entry is None or not _no_hooks(self.kernel):
             return False
-        (run, function, packed, meta_args), (grid_0, grid_1, grid_2), integers = entry
-        run(grid_0, grid_1, grid_2, driver.get_current_stream(device), function, packed, None, None, None,
+        (run, function, packed, meta_args), grid, integers = entry
+        run(*grid, driver.get_current_stream(device), function, packed, None, None, None,
             *pointers, *integers, *floats, *meta_args)
         return True
 
@@ -180,18 +180,17 @@ class Launcher:
             self.kernel[grid](*args, **self.meta_of(*variant))
             return
         bound = self._bound.get(key)
+        grid = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
         if bound is None or not _no_hooks(self.kernel):
             self._bind(key, grid, args, variant)  # new, or launches are observed: kernel[grid]
             bound = self._bound.get(key)
         else:
             run, function, packed, meta_args = bound
-            run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1,
-                driver.get_current_stream(device), function, packed, None, None, None, *args, *meta_args)
+            run(*grid, driver.get_current_stream(device), function, packed, None, None, None, *args, *meta_args)
         if plan is not None and bound is not None and self.layout is not None:
             if len(self._plans) >= MAX_BOUND:
                 self._plans.clear()
-            full_grid = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
-            self._plans[(plan, device, options)] = (bound, full_grid, key[-1])
+            self._plans[(plan, device, options)] = (bound, grid, key[-1])
 
     def _bind(self, key: tuple, grid: tuple, args: tuple, variant: tuple) -> None:
         """Launch through `kernel[grid]`, and remember what it compiled for `key`."""
