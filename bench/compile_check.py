@@ -224,17 +224,32 @@ def main(argv: list[str] | None = None) -> int:
             check(f"gemm {dtype}/{precision} {epilogue} mask={mask_operand} 16x16 split-K 4",
                   gemm._matmul_kernel, gemm_constexprs(epilogue, mask_operand, precision, 16, 16, 64, 4, dtype=dtype),
                   types, "atom.global.gpu.acq_rel")
-        # SGD over the tutorial's two parameters (tuples of two pointers, three block starts),
-        # and over a full launch of MAX_TENSORS.
-        for tensors in (2,) if dtype == "fp64" else (2, sgd.MAX_TENSORS):
+        # SGD over the tutorial's two parameters (tuples of two pointers, three block starts)
+        # and over a full launch of MAX_TENSORS, its scalars from tensors or fp32 arguments: plain
+        # in every combination, with all settings in most; each other form of momentum once.
+        def sgd_cases():
+            ways = ((True,), (True, False))[dtype != "fp64"]
+            for rule in ("plain", "all"):
+                for tensors in (2,) if dtype == "fp64" else (2, sgd.MAX_TENSORS):
+                    for scalars_from_ptrs in ways if rule == "plain" or tensors == 2 else ways[-1:]:
+                        yield rule, tensors, scalars_from_ptrs
+            for rule in ("fresh momentum", "momentum", "nesterov"):
+                yield rule, 2, ways[-1]
+
+        for rule, tensors, scalars_from_ptrs in sgd_cases():
             sgd_types = {"param_ptrs": (f"*{dtype}",) * tensors, "grad_ptrs": (f"*{dtype}",) * tensors,
-                         "lr_ptr": f"*{accumulator(dtype)}",
-                         "block_starts": ("i32",) * (tensors + 1), "numels": ("i32",) * tensors, "lr": "fp32"}
-            for lr_from_ptr in (True, False):
-                check(f"sgd {dtype} {tensors} tensors, lr from {'a tensor' if lr_from_ptr else 'a float'}",
-                      sgd._sgd_kernel, dict(BLOCK=sgd.BLOCK, ACC_DTYPE=tl.float64 if dtype == "fp64" else tl.float32,
-                                            **({} if lr_from_ptr else {"lr_ptr": None})),
-                      sgd_types.__getitem__)
+                         "buffer_ptrs": (f"*{dtype}",) * tensors,
+                         **{f"{name}_ptr": f"*{accumulator(dtype)}" for name in ("lr", "momentum", "keep", "decay")},
+                         "block_starts": ("i32",) * (tensors + 1), "numels": ("i32",) * tensors,
+                         **{name: "fp32" for name in ("lr", "momentum", "keep", "weight_decay")}}
+            absent = {} if rule != "plain" else {"buffer_ptrs": None}
+            if not scalars_from_ptrs:  # fp32 arguments, as every dtype but fp64 takes them
+                absent.update(lr_ptr=None, momentum_ptr=None, keep_ptr=None, decay_ptr=None)
+            check(f"sgd {dtype} {tensors} tensors, {rule}, scalars from {'tensors' if scalars_from_ptrs else 'floats'}",
+                  sgd._sgd_kernel, dict(BLOCK=sgd.BLOCK, ACC_DTYPE=tl.float64 if dtype == "fp64" else tl.float32,
+                                        FRESH=rule == "fresh momentum", WEIGHT_DECAY=rule in ("nesterov", "all"),
+                                        NESTEROV=rule == "nesterov", MAXIMIZE=rule == "all", **absent),
+                  sgd_types.__getitem__)
         for single_program in (True, False):  # out: the loss (input's dtype), or partials (the accumulator's)
             out = f"*{dtype}" if single_program else f"*{accumulator(dtype)}"
             check(f"squared error {dtype} {'one program' if single_program else 'partials'}",

@@ -8,7 +8,7 @@ the precision names without triton.
 
 import importlib
 
-from .config import GemmConfig, Variant
+from .config import PLAIN_SGD, GemmConfig, UpdateRule, Variant
 from .precision import DTYPES, DOT_PRECISIONS, KERNEL_DTYPES, PRECISIONS
 
 # Public name -> the submodule (which imports triton) that defines it.
@@ -27,5 +27,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DTYPES", "DOT_PRECISIONS", "GemmConfig", "INTERPRETED", "KERNEL_DTYPES", "PRECISIONS", "Variant",
-           "matmul", "mse_loss_and_grad", "sgd_step", "two_layer_sgd_step"]
+__all__ = ["DTYPES", "DOT_PRECISIONS", "GemmConfig", "INTERPRETED", "KERNEL_DTYPES", "PLAIN_SGD", "PRECISIONS",
+           "UpdateRule", "Variant", "matmul", "mse_loss_and_grad", "sgd_step", "two_layer_sgd_step"]

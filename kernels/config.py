@@ -100,3 +100,22 @@ class Variant(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.epilogue} mask={self.mask_operand}" + (" tma" if self.tma else "")
+
+
+class UpdateRule(NamedTuple):
+    """How SGD turns a gradient into a step, as `torch.optim.SGD` names it (the rate apart, which
+    may be a tensor). With g the gradient (negated if `maximize`) plus weight_decay * p, and b the
+    momentum buffer (g itself on its first step):
+
+        b = momentum * b + (1 - dampening) * g        p -= lr * (g + momentum * b if nesterov else b)
+
+    and p -= lr * g without momentum. The plain rule (all defaults) is the tutorial's SGD."""
+
+    momentum: float = 0.0
+    dampening: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    maximize: bool = False
+
+
+PLAIN_SGD = UpdateRule()

@@ -183,31 +183,54 @@ def test_train_step_matches_float64(backend):
     check()
 
 
+def sgd_settings(data) -> dict:
+    """torch.optim.SGD settings for one group: each drawn, Nesterov where it is allowed."""
+    momentum = data.draw(st.sampled_from([0.0, 0.9]), label="momentum")
+    nesterov = momentum > 0 and data.draw(st.booleans(), label="nesterov")
+    return dict(momentum=momentum, nesterov=nesterov,
+                dampening=0.0 if nesterov else data.draw(st.sampled_from([0.0, 0.3]), label="dampening"),
+                weight_decay=data.draw(st.sampled_from([0.0, 0.01]), label="weight_decay"),
+                maximize=data.draw(st.booleans(), label="maximize"))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sgd_step_matches_float64(backend):
-    """Several parameter groups, each with its own dtype and rate (a number or a tensor)."""
+    """Several parameter groups, each with its own dtype, rate (a number or a tensor) and
+    settings, two steps (a momentum buffer's first and second), against torch.optim.SGD in
+    float64 from the same values."""
     @fuzz(backend)
     @given(data=st.data(), groups=st.integers(1, 3))
     def check(data, groups):
         device = BACKENDS[backend]
-        param_groups, expected = [], []
+        param_groups, reference_groups, pairs = [], [], []
         for _ in range(groups):
             name = dtype_of(data)
             lr = data.draw(st.sampled_from([0.0, 1e-3, 0.5]), label="lr")
             rate = torch.tensor(lr, device=device) if data.draw(st.booleans(), label="tensor lr") else lr
-            params = []
+            settings = sgd_settings(data)
+            params, references = [], []
             for _ in range(data.draw(st.integers(1, 3), label="parameters")):
                 rows, cols = data.draw(sizes, label="rows"), data.draw(sizes, label="cols")
                 param = torch.nn.Parameter(matrix(data, rows, cols, DTYPES[name], device, layouts=WRITABLE,
                                                   specials=False))
-                param.grad = matrix(data, rows, cols, DTYPES[name], device)
-                expected.append((param, name, param.detach().double().cpu() - float(rate) * param.grad.double().cpu()))
                 params.append(param)
-            param_groups.append({"params": params, "lr": rate})
-        with fusedgrad.backend(backend):
-            fusedgrad.optim.SGD(param_groups).step()
-        for param, name, reference in expected:
-            assert_close(param, reference.to(param.dtype), name)
+                references.append(torch.nn.Parameter(param.detach().double().cpu()))
+                pairs.append((param, references[-1], name, rows, cols))
+            param_groups.append({"params": params, "lr": rate, **settings})
+            reference_groups.append({"params": references, "lr": lr, **settings})
+        ours, theirs = fusedgrad.optim.SGD(param_groups), torch.optim.SGD(reference_groups)
+        for _ in range(2):
+            for param, reference, name, rows, cols in pairs:
+                param.grad = matrix(data, rows, cols, DTYPES[name], device)
+                reference.grad = param.grad.double().cpu()
+            with fusedgrad.backend(backend):
+                ours.step()
+            theirs.step()
+            for param, reference, name, _, _ in pairs:  # the next step starts from the same values
+                assert_close(param, reference.detach().to(param.dtype), name)
+                reference.data.copy_(param.detach().double().cpu())
+                if param in ours.state:
+                    theirs.state[reference]["momentum_buffer"].copy_(ours.state[param]["momentum_buffer"].double())
 
     check()
 

@@ -38,10 +38,16 @@ def op_cases(device):
         ("mse_loss_and_grad", (prediction, target, True), {}),
         ("mse_loss_and_grad", (transposed, target, False), {}),
         ("mse_loss", (transposed, target), {"reduction": "none"}),
-        ("sgd_", (params, grads, [None] * len(params), [0.1] * len(params)), {}),
-        ("sgd_", (params, grads, [torch.tensor(0.1, device=device)] * len(params), [0.0] * len(params)), {}),
+        ("sgd_", (params, grads, [None] * len(params), [0.1] * len(params), []), {}),
+        ("sgd_", (params, grads, [torch.tensor(0.1, device=device)] * len(params), [0.0] * len(params), []), {}),
         ("sgd_", (params, grads, [None, torch.tensor(0.2, device=device)] + [None] * (len(params) - 2),
-                  [0.1, 0.0] + [0.3] * (len(params) - 2)), {}),  # a rate per parameter: several groups
+                  [0.1, 0.0] + [0.3] * (len(params) - 2), []), {}),  # a rate per parameter: several groups
+        # momentum on the second parameter only (one buffer), fresh; then weight decay, Nesterov and
+        # maximize on a buffer that has been written
+        ("sgd_", (params, grads, [None] * 2, [0.1] * 2, [torch.empty(6, device=device)], [0.0, 0.9], [], [], [],
+                  [], [False, True]), {}),
+        ("sgd_", (params, grads, [None] * 2, [0.1] * 2, [torch.randn(6, device=device)], [0.0, 0.9], [0.0, 0.0],
+                  [0.01, 0.02], [False, True], [True, True], [False, False]), {}),
         ("train_step_", (x, y, w1, w2, None, 1e-3), {}),
     ]
 
@@ -210,10 +216,12 @@ def test_export_of_the_tutorial_net(backend):
                      "float32")
 
 
+@pytest.mark.parametrize("rule", [{}, dict(momentum=0.9, nesterov=True, weight_decay=0.01)], ids=["plain", "momentum"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_compiled_training_step_with_the_optimizer(backend):
-    """A whole autograd step compiled, optimizer included: the in-place update is
-    functionalized and written back, and the weights match eager's."""
+def test_compiled_training_step_with_the_optimizer(backend, rule):
+    """A whole autograd step compiled, optimizer included: the in-place update (and with
+    momentum the buffers, made on the first compiled step) is functionalized and written back,
+    and the weights and buffers match eager's."""
     torch._dynamo.reset()
     device = BACKENDS[backend]
     x, y, w1, w2 = tutorial_problem(device)
@@ -227,13 +235,20 @@ def test_compiled_training_step_with_the_optimizer(backend):
         return loss
 
     with fusedgrad.backend(backend):
-        compiled, optimizer = torch.compile(step, backend="aot_eager"), fusedgrad.optim.SGD([w1, w2], lr=1e-3)
-        eager_optimizer = fusedgrad.optim.SGD([eager_w1, eager_w2], lr=1e-3)
-        for _ in range(2):
+        compiled = torch.compile(step, backend="aot_eager")
+        optimizer = fusedgrad.optim.SGD([w1, w2], lr=1e-3, **rule)
+        eager_optimizer = fusedgrad.optim.SGD([eager_w1, eager_w2], lr=1e-3, **rule)
+        for _ in range(3):
             compiled(x, y, w1, w2, optimizer)
             step(x, y, eager_w1, eager_w2, eager_optimizer)
     torch.testing.assert_close(w1, eager_w1)
     torch.testing.assert_close(w2, eager_w2)
+    for w, eager_w in ((w1, eager_w1), (w2, eager_w2)):
+        assert optimizer.state[w].keys() == eager_optimizer.state[eager_w].keys() == (
+            {"momentum_buffer"} if rule else set())
+        if rule:
+            torch.testing.assert_close(optimizer.state[w]["momentum_buffer"],
+                                       eager_optimizer.state[eager_w]["momentum_buffer"])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,5 +1,7 @@
 """`fusedgrad.optim.SGD` against `torch.optim.SGD`, on ATen and Triton."""
 
+import copy
+
 import pytest
 import torch
 
@@ -202,3 +204,156 @@ def test_step_runs_without_grad_and_restores_grad_mode():
     with torch.no_grad():
         optimizer.step()
         assert not torch.is_grad_enabled()
+
+
+# torch.optim.SGD's settings, each way a step can differ: momentum (first step and later ones),
+# dampening, weight decay, Nesterov, maximize, and all at once.
+RULES = {
+    "momentum": dict(momentum=0.9),
+    "dampening": dict(momentum=0.5, dampening=0.3),
+    "weight decay": dict(weight_decay=0.01),
+    "nesterov": dict(momentum=0.9, nesterov=True, weight_decay=0.01),
+    "maximize": dict(momentum=0.8, maximize=True),
+    "all but nesterov": dict(momentum=0.7, dampening=0.1, weight_decay=0.02, maximize=True),
+}
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("backend, device", BACKENDS, ids=["aten", "triton"])
+def test_every_setting_matches_torch_sgd_step_for_step(backend, device, rule):
+    """Four steps (the buffers' first and later ones) with fresh gradients, against
+    torch.optim.SGD in float64 on the same values; then the state holds torch's buffers."""
+    params, twins = make_params(device)
+    references = [p.detach().double().cpu().requires_grad_() for p in params]
+    ours = SGD(params, lr=0.05, **RULES[rule])
+    theirs = torch.optim.SGD(references, lr=0.05, **RULES[rule])
+    with fusedgrad.backend(backend):
+        for _ in range(4):
+            fill_grads(params, twins)
+            for p, r in zip(params, references):
+                r.grad = p.grad.double().cpu()
+            ours.step()
+            theirs.step()
+    for p, r in zip(params, references):
+        torch.testing.assert_close(p.detach().double().cpu(), r.detach(), rtol=1e-5, atol=1e-5)
+        if RULES[rule].get("momentum"):
+            buffer = ours.state[p]["momentum_buffer"]
+            assert buffer.dtype == p.dtype and buffer.device == p.device
+            torch.testing.assert_close(buffer.double().cpu(), theirs.state[r]["momentum_buffer"], rtol=1e-5, atol=1e-5)
+        else:
+            assert p not in ours.state and r not in theirs.state  # torch keeps no state without momentum
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_each_step_in_each_dtype_is_torch_sgd_rounded_once(dtype):
+    """Triton's update in each dtype, step by step against torch.optim.SGD in float64 from the
+    same values (parameters and buffers as they are before the step): within the rounding of
+    the buffer and the parameter to their dtype (float64: exact scalars, which the kernel reads
+    from tensors rather than fp32 arguments)."""
+    device = kernel_device()
+    params = [torch.randn(s, device=device, dtype=dtype, requires_grad=True) for s in SHAPES]
+    rule = RULES["nesterov"]
+    ours = SGD(params, lr=0.1, **rule)
+    eps = torch.finfo(dtype).eps
+    with fusedgrad.backend("triton"):
+        for _ in range(3):
+            references = [p.detach().double().cpu().requires_grad_() for p in params]
+            theirs = torch.optim.SGD(references, lr=0.1, **rule)
+            for p, r in zip(params, references):
+                p.grad = torch.randn_like(p)
+                r.grad = p.grad.double().cpu()
+                if p in ours.state:
+                    theirs.state[r]["momentum_buffer"] = ours.state[p]["momentum_buffer"].double().cpu()
+            ours.step()
+            theirs.step()
+            for p, r in zip(params, references):
+                torch.testing.assert_close(p.detach().double().cpu(), r.detach(), rtol=4 * eps, atol=4 * eps)
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS, ids=["aten", "triton"])
+def test_state_dicts_load_both_ways_and_the_steps_go_on_alike(backend, device):
+    """torch's state (param_groups keys, a momentum_buffer per parameter) loads into ours and
+    ours into torch's; the steps after the load match those of the optimizer that was saved."""
+    rule = dict(momentum=0.9, dampening=0.1, weight_decay=0.01)
+    params, twins = make_params(device)
+    ours, theirs = SGD(params, lr=0.05, **rule), torch.optim.SGD(twins, lr=0.05, **rule)
+    with fusedgrad.backend(backend):
+        fill_grads(params, twins)
+        ours.step()
+        theirs.step()
+        saved_ours, saved_theirs = ours.state_dict(), theirs.state_dict()
+        assert saved_ours["param_groups"][0].keys() == saved_theirs["param_groups"][0].keys()
+        assert saved_ours["state"].keys() == saved_theirs["state"].keys()
+        assert all(entry.keys() == {"momentum_buffer"} for entry in saved_ours["state"].values())
+        # Swap: each optimizer's parameters continue from the other's saved state.
+        mine = [p.detach().clone().requires_grad_() for p in params]
+        torch_copy = [p.detach().clone().requires_grad_() for p in params]
+        loaded_ours, loaded_theirs = SGD(mine, lr=1.0), torch.optim.SGD(torch_copy, lr=1.0)
+        loaded_ours.load_state_dict(copy.deepcopy(saved_theirs))  # as torch.save and torch.load would: no
+        loaded_theirs.load_state_dict(copy.deepcopy(saved_ours))  # buffer shared with the saved optimizer
+        for _ in range(2):
+            grads = [torch.randn_like(p) for p in params]
+            for group in (params, twins, mine, torch_copy):
+                for p, grad in zip(group, grads):
+                    p.grad = grad.clone()
+            for optimizer in (ours, theirs, loaded_ours, loaded_theirs):
+                optimizer.step()
+    for group in (params, mine, torch_copy):
+        for p, q in zip(group, twins):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_one_launch_per_kind_of_group_with_momentum(monkeypatch):
+    """Two groups with momentum and one without, over two steps: the first step is one launch
+    per group (all buffers fresh), so is the second (all buffers read); a group's parameters
+    go in one launch whatever their number."""
+    from fusedgrad.kernels import sgd
+    grids = record_grids(monkeypatch, sgd._LAUNCHER)
+    params, twins = make_params(kernel_device())
+    settings = [dict(momentum=0.9), dict(momentum=0.5, nesterov=True), dict()]
+    groups = [params[:2], params[2:3], params[3:]]
+    twin_groups = [twins[:2], twins[2:3], twins[3:]]
+    ours = SGD([dict(params=g, **s) for g, s in zip(groups, settings)], lr=0.1)
+    theirs = torch.optim.SGD([dict(params=g, **s) for g, s in zip(twin_groups, settings)], lr=0.1)
+    with fusedgrad.backend("triton"):
+        for _ in range(2):
+            fill_grads(params, twins)
+            ours.step()
+            theirs.step()
+    assert len(grids) == 2 * len(groups)
+    for p, q in zip(params, twins):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS, ids=["aten", "triton"])
+def test_nan_and_inf_propagate_as_in_torch_sgd(backend, device):
+    """A NaN gradient reaches its buffer and its parameter; an infinite parameter stays infinite
+    without weight decay (weight_decay * p is not added as 0 * inf) and is NaN after momentum
+    steps only where torch's is."""
+    rule = dict(momentum=0.9)
+    param = torch.nn.Parameter(torch.tensor([1.0, float("inf"), 2.0, -float("inf")], device=device))
+    twin = torch.nn.Parameter(param.detach().cpu().clone())
+    ours, theirs = SGD([param], lr=0.1, **rule), torch.optim.SGD([twin], lr=0.1, **rule)
+    with fusedgrad.backend(backend):
+        for grad in ([float("nan"), 1.0, 1.0, 1.0], [1.0, 1.0, float("inf"), 1.0]):
+            param.grad = torch.tensor(grad, device=device)
+            twin.grad = param.grad.cpu()
+            ours.step()
+            theirs.step()
+    torch.testing.assert_close(param.detach().cpu(), twin.detach(), equal_nan=True)
+    torch.testing.assert_close(ours.state[param]["momentum_buffer"].cpu(), theirs.state[twin]["momentum_buffer"],
+                               equal_nan=True)
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS, ids=["aten", "triton"])
+def test_momentum_buffers_are_written_in_place_with_their_versions_bumped(backend, device):
+    param = torch.nn.Parameter(torch.randn(6, device=device))
+    optimizer = SGD([param], lr=0.1, momentum=0.9)
+    with fusedgrad.backend(backend):
+        param.grad = torch.randn_like(param)
+        optimizer.step()
+        buffer = optimizer.state[param]["momentum_buffer"]
+        version = buffer._version
+        param.grad = torch.randn_like(param)
+        optimizer.step()
+    assert optimizer.state[param]["momentum_buffer"] is buffer and buffer._version > version

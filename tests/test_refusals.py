@@ -195,6 +195,57 @@ def test_sgd_refuses_a_backend_that_cannot_take_a_later_group():
         assert_refused(lambda *_: optimizer.step(), every, TypeError, ("torch.complex64",))
 
 
+def momentum_optimizer(device):
+    """Two groups with momentum, after a first step (so their buffers exist), with new gradients;
+    and every tensor a step could write or read."""
+    first, second = sgd_params(device, 2), sgd_params(device, 2)
+    optimizer = fusedgrad.optim.SGD([{"params": first}, {"params": second, "nesterov": True}], lr=0.1, momentum=0.9)
+    optimizer.step()
+    for param in first + second:
+        param.grad = torch.randn_like(param)
+    every = [t for param in first + second for t in (param, param.grad, optimizer.state[param]["momentum_buffer"])]
+    return optimizer, every
+
+
+@pytest.mark.parametrize("key, value, error, names", [
+    ("momentum", -0.5, ValueError, ("momentum", ">= 0", "-0.5")),
+    ("momentum", True, TypeError, ("momentum", "bool")),
+    ("dampening", float("nan"), ValueError, ("dampening", "finite")),
+    ("dampening", 0.5, ValueError, ("Nesterov", "dampening 0.5")),
+    ("weight_decay", "0.1", TypeError, ("weight_decay", "str")),
+    ("weight_decay", 1e300, ValueError, ("weight_decay", "float32")),
+    ("maximize", 1, TypeError, ("maximize", "bool")),
+])
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_sgd_step_refuses_group_settings_set_after_construction(backend, device, key, value, error, names):
+    """A setting of the second group changed after construction: nothing of either group (nor
+    a momentum buffer) is written."""
+    with fusedgrad.backend(backend):
+        optimizer, every = momentum_optimizer(device)
+        optimizer.param_groups[1][key] = value
+        assert_refused(lambda *_: optimizer.step(), every, error, names)
+
+
+@pytest.mark.parametrize("case", ["wrong shape", "wrong dtype", "shared with a parameter", "expanded"])
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_sgd_step_refuses_a_momentum_buffer_that_does_not_fit(backend, device, case):
+    """A buffer put in the state (a loaded state dict, or by hand) that does not match its
+    parameter, or that shares memory with another, is named before anything is written."""
+    with fusedgrad.backend(backend):
+        optimizer, every = momentum_optimizer(device)
+        params = optimizer.param_groups[1]["params"]
+        state = optimizer.state[params[1]]
+        name = "the momentum buffer of param_groups[1]['params'][1]"
+        bad, names = {
+            "wrong shape": (torch.zeros(3, 4, device=device), (name, "(3, 4)", "(4, 3)")),
+            "wrong dtype": (torch.zeros(4, 3, device=device, dtype=torch.float64), (name, "torch.float64")),
+            "shared with a parameter": (params[0].detach(), (name, "param_groups[1]['params'][0]", "share memory")),
+            "expanded": (torch.zeros(1, 3, device=device).expand(4, 3), (name, "share memory")),
+        }[case]
+        state["momentum_buffer"] = bad
+        assert_refused(lambda *_: optimizer.step(), every + [bad], ValueError, names)
+
+
 @pytest.mark.parametrize("backend, device", BACKENDS)
 def test_the_sgd_operator_checks_all_its_parameters(backend, device):
     """`fusedgrad::sgd_`, what a compiled step runs: one call for every group (a rate each), so
@@ -205,12 +256,19 @@ def test_the_sgd_operator_checks_all_its_parameters(backend, device):
     grads = [param.grad for param in params]
     rates = ([None] * 4, [0.1, 0.1, 0.2, 0.3])
     with fusedgrad.backend(backend):
-        assert_refused(torch.ops.fusedgrad.sgd_, (params, grads, *rates), ValueError, ("params[2]", "params[3]"))
-        assert_refused(torch.ops.fusedgrad.sgd_, (params[:2], grads[:1], [None] * 2, [0.1] * 2), ValueError,
+        assert_refused(torch.ops.fusedgrad.sgd_, (params, grads, *rates, []), ValueError, ("params[2]", "params[3]"))
+        assert_refused(torch.ops.fusedgrad.sgd_, (params[:2], grads[:1], [None] * 2, [0.1] * 2, []), ValueError,
                        ("2 parameters but 1 gradients",))
-        assert_refused(torch.ops.fusedgrad.sgd_, (params[:2], [grads[0], grads[1][:2]], [None] * 2, [0.1] * 2),
+        assert_refused(torch.ops.fusedgrad.sgd_, (params[:2], [grads[0], grads[1][:2]], [None] * 2, [0.1] * 2, []),
                        ValueError, ("the gradient of params[1]", "(2, 3)", "(4, 3)"))
-        assert_refused(torch.ops.fusedgrad.sgd_, (params[:2], grads[:2], [None], [0.1]), ValueError, ("lr_tensors",))
+        assert_refused(torch.ops.fusedgrad.sgd_, (params[:2], grads[:2], [None], [0.1], []), ValueError, ("lr_tensors",))
+        buffer = torch.zeros_like(params[1])
+        assert_refused(torch.ops.fusedgrad.sgd_, (params[:2], grads[:2], [None] * 2, [0.1] * 2, [buffer], [0.9]),
+                       ValueError, ("2 parameters but 1 momentums",))
+        assert_refused(torch.ops.fusedgrad.sgd_, (params[:2], grads[:2], [None] * 2, [0.1] * 2, [], [0.0, 0.9]),
+                       ValueError, ("1 parameters with momentum but 0 momentum_buffers",))
+        assert_refused(torch.ops.fusedgrad.sgd_, (params[:2], grads[:2], [None] * 2, [0.1] * 2, [params[0]],
+                                                  [0.0, 0.9]), ValueError, ("params[0]", "share memory"))
 
 
 def mm_operands(device):
@@ -260,11 +318,19 @@ def test_ops_refuse(backend, device, case):
     (lambda: fusedgrad.TwoLayerNet(4, 3, True), TypeError, ("d_out", "bool")),
     (lambda: fusedgrad.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr="0.1"), TypeError, ("lr", "str")),
     (lambda: fusedgrad.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=-1.0), ValueError, ("lr", ">= 0")),
+    (lambda: fusedgrad.optim.SGD([torch.nn.Parameter(torch.ones(2))], momentum=-0.1), ValueError, ("momentum",)),
+    (lambda: fusedgrad.optim.SGD([torch.nn.Parameter(torch.ones(2))], nesterov=True), ValueError,
+     ("Nesterov", "momentum 0")),
+    (lambda: fusedgrad.optim.SGD([torch.nn.Parameter(torch.ones(2))], differentiable=True), ValueError,
+     ("differentiable",)),
+    (lambda: fusedgrad.optim.SGD([torch.nn.Parameter(torch.ones(2))], foreach=True, fused=True), RuntimeError,
+     ("fused", "foreach")),
     (lambda: fusedgrad.CUDAGraphStep(None, None, None, None, 0.1), TypeError, ("x", "NoneType")),
     (lambda: fusedgrad.CUDAGraphStep(*step_problem("cpu"), -1.0), ValueError, ("lr",)),
     (lambda: fusedgrad.backend("fast").__enter__(), ValueError, ("backend", "'fast'")),
     (lambda: fusedgrad.fp32_precision("tf16").__enter__(), ValueError, ("fp32 precision", "'tf16'")),
 ], ids=["TwoLayerNet-negative", "TwoLayerNet-float", "TwoLayerNet-bool", "SGD-lr-text", "SGD-lr-negative",
+        "SGD-momentum-negative", "SGD-nesterov-alone", "SGD-differentiable", "SGD-fused-and-foreach",
         "CUDAGraphStep-None", "CUDAGraphStep-lr", "backend-name", "fp32-precision-name"])
 def test_constructors_and_settings_refuse(call, error, names):
     with pytest.raises(error) as raised:
