@@ -7,8 +7,7 @@ for a list of parameters in one launch per MAX_TENSORS.
 
 Each element is computed in the accumulator type (fp32; fp64 for fp64) from one read of p, grad
 and b, and rounded to the parameter's dtype once for b (which the step then uses, as torch's
-step does) and once for p. `sgd_update` is that math for one block, shared with the GEMM's
-update epilogue.
+step does) and once for p. `sgd_update` is that math for one block of elements.
 
 Design trade-off: the parameters', gradients' and buffers' addresses reach the kernel as launch
 arguments (tuples of pointers, Triton >= 3.2), not through a pointer table in device memory. A
@@ -23,7 +22,7 @@ GPU. Each program updates BLOCK elements of one parameter: tensor i owns program
 Scalars travel as fp32 kernel arguments, which would round a float64 update's, so for float64
 parameters each scalar in use is a 0-d float64 tensor filled on the device (no host-to-device
 copy, which a CUDA-graph capture would refuse): a few fills more per float64 step.
-The ATen reference (CPU fallback and test oracle) is `fusedgrad.optim.sgd_reference`, torch's
+The ATen reference (CPU fallback and test oracle) is `fusedgrad.sgd.sgd_reference`, torch's
 own foreach ops in torch.optim.SGD's order.
 """
 
