@@ -199,8 +199,9 @@ def update(params: list[torch.Tensor], grads: list[torch.Tensor], rates: list, r
         bucket[1].append(grad)
         if buffer is not None:
             bucket[2].append(buffer)
+    # under no_grad: SGD.step's, the op's
     for (*_, backend, _, rule, first), (bucket_params, bucket_grads, bucket_buffers, rate) in buckets.items():
-        bucket_buffers = bucket_buffers or None  # under no_grad: SGD.step's, the op's
+        bucket_buffers = bucket_buffers or None  # none without momentum
         if backend == "triton":
             dispatch.load_kernels().sgd_step_unchecked(bucket_params, bucket_grads, rate, rule, bucket_buffers,
                                                        first)  # checked above
