@@ -165,16 +165,19 @@ def main(argv: list[str] | None = None) -> int:
         return types
 
     def gemm_constexprs(epilogue, mask_operand, precision, block_m, block_n, block_k, split_k=1,
-                        tma=False, a_t=False, b_t=False, persistent=False, gate_t=False, reduce=None, dtype="fp32"):
+                        tma=False, a_t=False, b_t=False, persistent=False, gate_t=False, reduce=None, dtype="fp32",
+                        bias=False, row_sums=False):
         """The meta-parameters of a launch as fusedgrad makes it, and None for the pointers it
         does not pass: the fused step's ReLU-mask GEMM folds the loss partials (`reduce`, by
-        default for "relu_mask"), its SGD GEMMs read the rate from a tensor."""
+        default for "relu_mask"), its SGD GEMMs read the rate from a tensor; linear's forward
+        adds a `bias`, its weight gradient takes A's `row_sums`."""
         reduce = epilogue == "relu_mask" if reduce is None else reduce
         present = {"c_ptr": epilogue != "sgd", "gate_ptr": mask_operand != gemm.NO_MASK,
                    "aux_ptr": epilogue in ("relu_mask", "squared_error", "sgd"),
                    "partials_ptr": epilogue == "squared_error",
                    "reduce_ptr": reduce, "reduce_out_ptr": reduce,
-                   "lr_ptr": epilogue == "sgd", "workspace_ptr": split_k > 1, "counter_ptr": split_k > 1}
+                   "lr_ptr": epilogue == "sgd", "workspace_ptr": split_k > 1, "counter_ptr": split_k > 1,
+                   "bias_ptr": bias, "row_sums_ptr": row_sums}
         return dict({name: None for name, there in present.items() if not there},
                     MASK_OPERAND=mask_operand, EPILOGUE=epilogue, INPUT_PRECISION=precision,
                     BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=split_k,
@@ -219,6 +222,16 @@ def main(argv: list[str] | None = None) -> int:
                   gemm._matmul_kernel, gemm_constexprs("relu_mask", gemm.NO_MASK, precision, block, block, block_k,
                                                        reduce=False, dtype=dtype),
                   types, "wgmma" if tensor_cores and block == 128 else None)
+        # linear: the forward with a bias (and ReLU), the weight gradient with the bias gradient
+        # (A's row sums), gated (after a ReLU) or not.
+        for index, (epilogue, mask_operand, extra) in enumerate((
+                ("none", gemm.NO_MASK, dict(bias=True)), ("relu", gemm.NO_MASK, dict(bias=True)),
+                ("none", gemm.MASK_A, dict(row_sums=True)), ("none", gemm.NO_MASK, dict(row_sums=True)))):
+            for block in (16,) if dtype == "fp64" else (16, 128):
+                check(f"gemm {dtype}/{precision} {epilogue} mask={mask_operand} {block}x{block} linear "
+                      f"{' '.join(extra)}", gemm._matmul_kernel,
+                      gemm_constexprs(epilogue, mask_operand, precision, block, block, block_k, dtype=dtype, **extra),
+                      types, "wgmma" if tensor_cores and block == 128 else None)
         # Split-K (partial tiles, an acq_rel tile counter, the epilogue in the last program).
         for epilogue, mask_operand in (("relu", gemm.NO_MASK), ("none", gemm.MASK_B), ("sgd", gemm.NO_MASK)):
             check(f"gemm {dtype}/{precision} {epilogue} mask={mask_operand} 16x16 split-K 4",
@@ -304,6 +317,21 @@ def main(argv: list[str] | None = None) -> int:
                   gemm._matmul_kernel, constexprs, tma_types(dtype, constexprs) if tma else gemm_types(dtype),
                   "cp.async.bulk.tensor" if tma else None, options=dict(num_warps=8, num_stages=3),
                   aligned_sizes=tma, expect_in_ttgir=in_flight if tma and precision != "ieee" else None)
+    # linear's launches as the tuner may choose them: TMA loads, persistent; the weight gradient
+    # launched transposed (A and its gate column-major), keeping wgmma in flight while it sums A.
+    for persistent in (False, True):
+        constexprs = gemm_constexprs("relu", gemm.NO_MASK, None, 128, 128, 64, tma=True, b_t=True, persistent=persistent,
+                                     bias=True, dtype="bf16")
+        constexprs.update(stride_ak=1, stride_bk=1, stride_cn=1)
+        check(f"gemm bf16 linear forward bias relu 128x128x64 TMA{' persistent' if persistent else ''}",
+              gemm._matmul_kernel, constexprs, tma_types("bf16", constexprs), "cp.async.bulk.tensor",
+              options=dict(num_warps=8, num_stages=3), aligned_sizes=True)
+        constexprs = gemm_constexprs("none", gemm.MASK_A, None, 128, 128, 64, tma=True, a_t=True, gate_t=True,
+                                     persistent=persistent, row_sums=True, dtype="bf16")
+        constexprs.update(stride_am=1, stride_gate_0=1, stride_bn=1, stride_cn=1)
+        check(f"gemm bf16 linear weight and bias gradient 128x128x64 TMA{' persistent' if persistent else ''}",
+              gemm._matmul_kernel, constexprs, tma_types("bf16", constexprs), "cp.async.bulk.tensor",
+              options=dict(num_warps=8, num_stages=3), aligned_sizes=True, expect_in_ttgir=in_flight)
     # 3xTF32: three tf32 products per fp32 dot, on tensor cores.
     check("gemm fp32/tf32x3 relu 128x128", gemm._matmul_kernel,
           gemm_constexprs("relu", gemm.NO_MASK, "tf32x3", 128, 128, 32), gemm_types("fp32"), "wgmma")

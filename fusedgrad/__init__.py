@@ -3,7 +3,8 @@
 Importing fusedgrad touches neither CUDA nor triton: the kernels load on first use.
 """
 
-from . import optim
+from . import nn, optim
+from .linear import linear, linear_reference
 from .loss import mse_loss
 from .matmul import matmul_reference, mm, mm_relu
 from .nn import TwoLayerNet
@@ -15,5 +16,5 @@ __version__ = "0.1.0"
 
 __all__ = ["BACKENDS", "CUDAGraphStep", "FP32_PRECISIONS", "TwoLayerNet", "autotune", "autotune_enabled", "backend",
            "cache_dir", "current_backend", "current_cache_dir", "current_fp32_precision", "fp32_precision",
-           "matmul_reference", "mm", "mm_relu", "mse_loss", "optim", "train_step", "train_step_reference",
-           "__version__"]
+           "linear", "linear_reference", "matmul_reference", "mm", "mm_relu", "mse_loss", "nn", "optim", "train_step",
+           "train_step_reference", "__version__"]

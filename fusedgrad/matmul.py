@@ -107,7 +107,7 @@ def _gemm_fake(a, b, relu=False, a_relu_mask=None, b_relu_mask=None, out_relu_ma
     return a.new_empty((a.shape[0], b.shape[1]))
 
 
-def _product(a, b, relu: bool, mask, side: str | None, launch: dispatch.Launch | None, recorded: bool):
+def gated_product(a, b, relu: bool, mask, side: str | None, launch: dispatch.Launch | None, recorded: bool):
     """The gated product, recorded by autograd (`recorded`) or not: at `launch`, straight to
     the Function or the kernel; with `launch` None (a graph is being built) through the op,
     whose kernel reads the settings when it runs."""
@@ -122,7 +122,7 @@ def _product(a, b, relu: bool, mask, side: str | None, launch: dispatch.Launch |
     return gemm_kernel(a, b, relu, *masks, launch=launch)
 
 
-def _launch_of(ctx, *tensors) -> dispatch.Launch | None:
+def backward_launch(ctx, *tensors) -> dispatch.Launch | None:
     """The forward's `Launch` for backward's and jvp's products, or None (the op) where the
     forward ran eagerly but they are traced (compiled autograd) or batched by torch's older
     vmap (`autograd.grad(..., is_grads_batched=True)`, `hessian(..., vectorize=True)`), which
@@ -135,7 +135,7 @@ def _launch_of(ctx, *tensors) -> dispatch.Launch | None:
     return ctx.launch
 
 
-def _recorded() -> bool:
+def records_graph() -> bool:
     """Whether backward's and jvp's products must be recorded: under create_graph or a
     torch.func transform (to be differentiated again, or batched by the vmap rule)."""
     return torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
@@ -152,7 +152,7 @@ class GemmFunction(Function):
                 side: str | None, launch: dispatch.Launch | None) -> torch.Tensor:
         if launch is not None and side is None:  # the eager forward of mm, mm_relu: straight to the kernel
             return gemm_kernel(a, b, relu, launch=launch)
-        return _product(a, b, relu, mask, side, launch, recorded=False)
+        return gated_product(a, b, relu, mask, side, launch, recorded=False)
 
     @staticmethod
     def setup_context(ctx, inputs, out):
@@ -172,8 +172,8 @@ class GemmFunction(Function):
         """out' = P(a', b) + P(a, b'), P the forward's gated product: the gate relu'(mask) is
         piecewise constant, so it passes tangents through unchanged (relu: the gate of out)."""
         a, b, mask = ctx.saved_tensors
-        launch = _launch_of(ctx, a_tangent, b_tangent)
-        terms = [_product(x, y, False, mask, ctx.side, launch, _recorded())
+        launch = backward_launch(ctx, a_tangent, b_tangent)
+        terms = [gated_product(x, y, False, mask, ctx.side, launch, records_graph())
                  for x, y in ((a_tangent, b), (a, b_tangent)) if x is not None and y is not None]
         return terms[0] + terms[1] if len(terms) == 2 else terms[0]
 
@@ -193,13 +193,13 @@ class GemmFunction(Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         a, b, mask = ctx.saved_tensors
-        recorded, launch = _recorded(), _launch_of(ctx, grad_out)
+        recorded, launch = records_graph(), backward_launch(ctx, grad_out)
         (side_a, transposed_a), (side_b, transposed_b) = _BACKWARD[ctx.side]
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_a = _product(grad_out, b.T, False, mask.T if transposed_a else mask, side_a, launch, recorded)
+            grad_a = gated_product(grad_out, b.T, False, mask.T if transposed_a else mask, side_a, launch, recorded)
         if ctx.needs_input_grad[1]:
-            grad_b = _product(a.T, grad_out, False, mask.T if transposed_b else mask, side_b, launch, recorded)
+            grad_b = gated_product(a.T, grad_out, False, mask.T if transposed_b else mask, side_b, launch, recorded)
         return grad_a, grad_b, None, None, None, None
 
 

@@ -1,4 +1,5 @@
-"""`TwoLayerNet`: the tutorial's network as an nn.Module on fusedgrad's ops."""
+"""Modules on fusedgrad's ops: `Linear` (nn.Linear with a fused activation), `MLP`, and
+`TwoLayerNet`, the tutorial's network in its own layout."""
 
 from __future__ import annotations
 
@@ -7,8 +8,56 @@ import numbers
 import torch
 from torch import nn
 
+from .linear import ACTIVATIONS, linear
 from .matmul import mm, mm_relu
 from .step import CUDAGraphStep, train_step
+
+
+class Linear(nn.Linear):
+    """`torch.nn.Linear` (the same parameters, names, initialisation and state_dict) whose
+    forward is `fusedgrad.linear`: the bias add and the `activation` (None or "relu") in the
+    GEMM's epilogue, the bias gradient inside the weight-gradient GEMM."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str | None = None,
+                 device=None, dtype=None):
+        if activation not in ACTIVATIONS or not (activation is None or type(activation) is str):
+            raise ValueError(f"Linear: activation must be None or 'relu', got {activation!r}")
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self.activation = activation
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return linear(input, self.weight, self.bias, self.activation)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", activation={self.activation!r}" if self.activation else "")
+
+
+class MLP(nn.Sequential):
+    """`Linear` layers of `sizes` [in, hidden..., out], each hidden one with its ReLU fused in
+    (activation "relu") and a plain `Linear` last: as `nn.Sequential(nn.Linear, nn.ReLU, ...,
+    nn.Linear)` computes, with layer i's parameters at `i.weight`, `i.bias`.
+    `MLP([1000, 100, 10], bias=False)` is the tutorial's network in nn.Linear's layout."""
+
+    def __init__(self, sizes, bias: bool = True, device=None, dtype=None):
+        sizes = list(sizes) if not isinstance(sizes, (str, bytes)) and hasattr(sizes, "__iter__") else sizes
+        if not isinstance(sizes, list) or len(sizes) < 2:
+            raise ValueError(f"MLP: sizes must list at least two layer sizes (in, out), got {sizes!r}")
+        for index, size in enumerate(sizes):
+            if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 0:
+                raise ValueError(f"MLP: sizes[{index}] must be an int >= 0, got {size!r}")
+        if type(bias) is not bool:
+            raise TypeError(f"MLP: bias must be a bool, got {type(bias).__name__}")
+        last = len(sizes) - 2
+        super().__init__(*(Linear(int(sizes[i]), int(sizes[i + 1]), bias, None if i == last else "relu",
+                                  device=device, dtype=dtype) for i in range(last + 1)))
+        self.sizes = tuple(int(size) for size in sizes)
+
+    def __getitem__(self, index):
+        """A layer, or for a slice an `nn.Sequential` of those layers (a slice of an MLP need not
+        be one: nn.Sequential would build one from its layers)."""
+        if isinstance(index, slice):
+            return nn.Sequential(*list(self)[index])
+        return super().__getitem__(index)
 
 
 class TwoLayerNet(nn.Module):

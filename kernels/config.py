@@ -92,14 +92,18 @@ FIELDS = tuple(field.name for field in dataclasses.fields(GemmConfig))
 
 class Variant(NamedTuple):
     """What the kernel is compiled to do, as far as the best tiles depend on it: the epilogue,
-    the masked operand and whether the operands go through TMA descriptors."""
+    the masked operand, whether the operands go through TMA descriptors, whether a bias is
+    added and whether A's row sums are taken (which rules out split-K)."""
 
     epilogue: str
     mask_operand: int
     tma: bool = False
+    bias: bool = False
+    row_sums: bool = False
 
     def __str__(self) -> str:
-        return f"{self.epilogue} mask={self.mask_operand}" + (" tma" if self.tma else "")
+        return (f"{self.epilogue} mask={self.mask_operand}" + (" tma" if self.tma else "")
+                + (" bias" if self.bias else "") + (" row_sums" if self.row_sums else ""))
 
 
 class UpdateRule(NamedTuple):

@@ -100,6 +100,9 @@ def _matmul_kernel(
     lr_ptr,         # sgd: the learning rate as a 0-d tensor; None: the scalar `lr`
     workspace_ptr,  # SPLIT_K > 1: partial tiles in ACC_DTYPE, (SPLIT_K, programs, BLOCK_M * BLOCK_N)
     counter_ptr,    # SPLIT_K > 1: int32 per tile, 0 before the launch
+    bias_ptr,       # (N,) added to every row of the product before the "none" or "relu" epilogue
+    row_sums_ptr,   # (M,) the sums over K of A as the dot reads it (masked), written by the
+    # programs of column-block 0 (a bias gradient, from the weight-gradient GEMM); SPLIT_K 1
     # sizes
     M, N, K, num_reduce,
     # strides (0 for an absent tensor)
@@ -108,6 +111,7 @@ def _matmul_kernel(
     stride_cm, stride_cn,
     stride_gate_0, stride_gate_1,
     stride_aux_m, stride_aux_n,
+    stride_bias, stride_row_sums,
     # scalars
     scale,         # squared_error: the gradient is scale * (acc - target)
     reduce_scale,  # reduce_out = reduce_scale * sum(reduce)
@@ -131,6 +135,7 @@ def _matmul_kernel(
     # bf16 values is exact in fp32, so the dot is a bf16 dot with fp32 accumulation)
 ):
     tl.static_assert(not PERSISTENT or SPLIT_K == 1, "a persistent launch takes SPLIT_K 1")
+    tl.static_assert(row_sums_ptr is None or SPLIT_K == 1, "row sums take SPLIT_K 1")
     # A persistent program computes tiles program_id, program_id + num_programs, ...; any
     # other program computes tile program_id alone, in a loop of constant trip count 1 that the
     # compiler removes, so both run the one tile body below. With TMA, `flatten` pipelines
@@ -161,6 +166,8 @@ def _matmul_kernel(
         in_c = (offs_m[:, None] < M) & (offs_n[None, :] < N)
 
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+        if row_sums_ptr is not None:
+            row_acc = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
         for k0 in range(k_begin, k_end, BLOCK_K):
             if TMA:
                 # Hopper's tensor memory accelerator copies whole blocks, bounds-checked and
@@ -194,6 +201,9 @@ def _matmul_kernel(
                 b = tl.where(gate <= 0, 0.0, b)
             # out_dtype named: Triton 3.6 takes float32 otherwise, and refuses a float64 acc.
             acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
+            if row_sums_ptr is not None:
+                # The A tile is in registers for the dot already: its row sums cost no load.
+                row_acc += tl.sum(a.to(ACC_DTYPE), axis=1)
 
         finish = True
         if SPLIT_K > 1:
@@ -215,6 +225,13 @@ def _matmul_kernel(
         if finish:
             if aux_ptr is not None:
                 aux_ptrs = aux_ptr + rows_m * stride_aux_m + cols_n * stride_aux_n
+            if bias_ptr is not None:
+                bias = tl.load(bias_ptr + offs_n.to(tl.int64) * stride_bias, mask=offs_n < N, other=0.0)
+                acc += bias.to(ACC_DTYPE)[None, :]
+            if row_sums_ptr is not None:
+                if pid_n == 0:
+                    tl.store(row_sums_ptr + offs_m.to(tl.int64) * stride_row_sums,
+                             row_acc.to(row_sums_ptr.dtype.element_ty), mask=offs_m < M)
             if EPILOGUE == "relu":
                 # `acc < 0` is false for NaN, so NaN propagates (tl.maximum would drop it).
                 acc = tl.where(acc < 0, 0.0, acc)
@@ -297,6 +314,8 @@ class GemmArgs(NamedTuple):
     reduce_out: torch.Tensor | None
     reduce_scale: float
     input_precision: str | None
+    bias: torch.Tensor | None = None
+    row_sums: torch.Tensor | None = None
 
     def tma_ready(self) -> bool:
         """Whether TMA descriptors can describe a, b and the gate (asked only when autotuning
@@ -309,7 +328,8 @@ class GemmArgs(NamedTuple):
         autotuner times, leaving the caller's outputs and parameters untouched."""
         fresh = lambda t: None if t is None else torch.empty_like(t)
         aux = self.aux.clone() if self.epilogue == "sgd" else self.aux
-        return self._replace(c=fresh(self.c), aux=aux, partials=fresh(self.partials), reduce_out=fresh(self.reduce_out))
+        return self._replace(c=fresh(self.c), aux=aux, partials=fresh(self.partials), reduce_out=fresh(self.reduce_out),
+                             row_sums=fresh(self.row_sums))
 
 
 def _operands(args: GemmArgs, config: GemmConfig):
@@ -356,6 +376,10 @@ def _strides(t: torch.Tensor | None) -> tuple[int, int]:
     return (0, 0) if t is None else t.stride()
 
 
+def _stride(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.stride(0)
+
+
 def _meta(config: GemmConfig, mask_operand: int, epilogue: str, input_precision: str | None, dtype: torch.dtype,
           bf16_as_fp32: bool, tma: bool, a_stored_t: bool, b_stored_t: bool, gate_stored_t: bool) -> dict:
     """The meta-parameters and launch options of a launch, by name (a `_LAUNCHER` variant)."""
@@ -364,7 +388,7 @@ def _meta(config: GemmConfig, mask_operand: int, epilogue: str, input_precision:
                 B_STORED_T=b_stored_t, GATE_STORED_T=gate_stored_t)
 
 
-_LAUNCHER = Launcher(_matmul_kernel, _meta, layout=(11, 14))  # 11 pointers, 14 sizes and strides, 3 floats
+_LAUNCHER = Launcher(_matmul_kernel, _meta, layout=(13, 16))  # 13 pointers, 16 sizes and strides, 3 floats
 
 
 def _enqueue(args: GemmArgs, config: GemmConfig, plan: tuple | None = None) -> None:
@@ -374,7 +398,7 @@ def _enqueue(args: GemmArgs, config: GemmConfig, plan: tuple | None = None) -> N
     # Unpacked once, strides read once per tensor: this runs on every launch, and host time is
     # the bound at small sizes.
     (a, b, c, mask_operand, gate, epilogue, aux, partials, scale, lr, reduce, reduce_out, reduce_scale,
-     input_precision) = args
+     input_precision, bias, row_sums) = args
     (M, K), N = a.shape, b.shape[1]
     grid, tiles = _grid(config, M, N, a.device)
     a_operand, b_operand, gate_operand, tma, stored_t = _operands(args, config)
@@ -385,20 +409,22 @@ def _enqueue(args: GemmArgs, config: GemmConfig, plan: tuple | None = None) -> N
     stride_aux_m, stride_aux_n = _strides(aux)
     _LAUNCHER(grid, (
         a_operand, b_operand, c, gate_operand, aux, partials, reduce, reduce_out, lr_ptr, workspace, counters,
+        bias, row_sums,
         M, N, K, 0 if reduce is None else reduce.numel(),
         stride_am, stride_ak,
         stride_bk, stride_bn,
         stride_cm, stride_cn,
         stride_gate_0, stride_gate_1,
         stride_aux_m, stride_aux_n,
+        _stride(bias), _stride(row_sums),
         float(scale), float(reduce_scale), 0.0 if lr_ptr is not None else float(lr),
     ), (config, mask_operand, epilogue, input_precision, a.dtype, INTERPRETED and _has_bf16(args), tma, *stored_t),
         None if tma or workspace is not None else plan)
 
 
 @functools.lru_cache(maxsize=None)
-def _variant(epilogue: str, mask_operand: int) -> Variant:
-    return Variant(epilogue, mask_operand)
+def _variant(epilogue: str, mask_operand: int, bias: bool, row_sums: bool) -> Variant:
+    return Variant(epilogue, mask_operand, bias=bias, row_sums=row_sums)
 
 
 def _on_scratch(args: GemmArgs, config: GemmConfig) -> Callable[[], None]:
@@ -421,6 +447,8 @@ def launch(
     reduce: torch.Tensor | None = None,
     reduce_out: torch.Tensor | None = None,
     reduce_scale: float = 1.0,
+    bias: torch.Tensor | None = None,
+    row_sums: torch.Tensor | None = None,
     config: GemmConfig | dict | None = None,
     fp32_precision: str = "ieee",
     tuner: tuning.Tuner | None = None,
@@ -429,7 +457,9 @@ def launch(
     """Launch `_matmul_kernel` on checked, allocated tensors (callers check; this only launches).
 
     c: (M, N) output, None for the "sgd" epilogue (it writes `aux`). With `reduce`, program 0
-    also writes reduce_scale * sum(reduce) to reduce_out. `config` fixes the tiles; without it
+    also writes reduce_scale * sum(reduce) to reduce_out. `bias` (N,) is added to the product
+    before the "none" or "relu" epilogue; `row_sums` (M,) receives the sums over K of A as the
+    dot reads it (after its mask), written even where N is 0 (a config for it takes SPLIT_K 1). `config` fixes the tiles; without it
     `tuning.choose` picks them: the heuristic's, or with a `tuner` the autotuned ones.
     `fp32_precision` is one of `precision.DOT_PRECISIONS` (float32 inputs only).
     `plan`: a caller's own name for this launch (a hashable key of its own making, distinct
@@ -441,32 +471,38 @@ def launch(
     M, K = a.shape
     N = b.shape[1]
     if M == 0 or N == 0:
+        if row_sums is not None and M:  # no tiles to sum in: the sums of a product with no columns
+            masked = a.masked_fill(gate <= 0, 0) if mask_operand == MASK_A else a
+            row_sums.copy_(masked.sum(dim=1, dtype=accumulator_dtype(a.dtype)))
         return
     input_precision = dot_precision(a.dtype, fp32_precision)
     if config is not None:
         config = GemmConfig.of(config)
+        if row_sums is not None and config.SPLIT_K != 1:
+            raise ValueError(f"launch: row_sums take SPLIT_K 1, got {config}")
     if (config is not None or tuner is None) and _LAUNCHER.prebound:
         # Given tiles or the heuristic's (never a tuner's, whose choice may change): the launch
         # is a function of what `plan` holds (a bound plan's launch is the one `_enqueue` would
         # make for the same tensors), so a launch of a known plan skips the rest of this
         # function and `_enqueue`.
         lr_ptr = lr if isinstance(lr, torch.Tensor) else None
-        pointers = (a, b, c, gate, aux, partials, reduce, reduce_out, lr_ptr, None, None)
+        pointers = (a, b, c, gate, aux, partials, reduce, reduce_out, lr_ptr, None, None, bias, row_sums)
         if plan is None:
             plan = (M, N, K, a.device, config, epilogue, mask_operand, input_precision, a.stride(), b.stride(),
                     None if c is None else c.stride(), None if gate is None else gate.stride(),
                     None if aux is None else aux.stride(), None if reduce is None else reduce.numel(),
-                    pointer_key(pointers))
+                    _stride(bias), _stride(row_sums), pointer_key(pointers))
         if _LAUNCHER.launch_plan(plan, pointers, (float(scale), float(reduce_scale),
                                                   0.0 if lr_ptr is not None else float(lr))):
             return
     else:
         plan = None  # a tuner's tiles, or the interpreter: never planned
     args = GemmArgs(a, b, c, mask_operand, gate, epilogue, aux, partials, scale, lr, reduce, reduce_out,
-                    reduce_scale, input_precision)
+                    reduce_scale, input_precision, bias, row_sums)
     if config is None:
         tuned = tuner is not None  # what only the tuner reads is made only for it
-        config = tuning.choose(a, b, _variant(epilogue, mask_operand), args.input_precision, interpreted=INTERPRETED,
+        config = tuning.choose(a, b, _variant(epilogue, mask_operand, bias is not None, row_sums is not None),
+                               args.input_precision, interpreted=INTERPRETED,
                                tuner=tuner, prepare=functools.partial(_on_scratch, args) if tuned else None,
                                tma_ready=args.tma_ready if tuned else None)
     _enqueue(args, config, plan)

@@ -156,14 +156,14 @@ def _tiles(table: tuple, **extra) -> list[GemmConfig]:
 
 
 def candidates(M: int, N: int, K: int, dtype: torch.dtype, input_precision: str | None,
-               num_sms: int, tma: bool = False) -> list[GemmConfig]:
+               num_sms: int, tma: bool = False, split_k: bool = True) -> list[GemmConfig]:
     """Every configuration the autotuner times for this shape: the heuristic's first; the large
     tiles of the product's precision that fit the bucketed shape, and with `tma` (Hopper and
     later; tensor-core dots only) the first TMA_TWINS of them again with TMA loads, and the
     PERSISTENT_TILES of the precision as persistent programs with TMA loads where there are
     more tiles than multiprocessors; and, when the output has fewer tiles than there are
     multiprocessors, the heuristic's tile split over K in 2 to 16 slices of at least two K
-    steps each (a long-K skinny product then fills the GPU)."""
+    steps each (a long-K skinny product then fills the GPU), unless `split_k` is False."""
     first = heuristic(M, N, K, dtype, num_sms)
     name = precision_name(dtype, input_precision)
     large = [config for config in _tiles(LARGE_TILES.get(name, ()))  # none for fp64: the heuristic's
@@ -175,9 +175,9 @@ def candidates(M: int, N: int, K: int, dtype: torch.dtype, input_precision: str 
                   if cdiv(M, config.BLOCK_M) * cdiv(N, config.BLOCK_N) > num_sms and config.BLOCK_K <= bucket(K)]
     tiles = cdiv(M, first.BLOCK_M) * cdiv(N, first.BLOCK_N)
     k_steps = cdiv(K, first.BLOCK_K)
-    for split_k in SPLIT_K_CHOICES:
-        if tiles < num_sms and k_steps >= 2 * split_k and tiles * split_k <= 4 * num_sms:
-            found.append(first.replace(SPLIT_K=split_k))
+    for slices in SPLIT_K_CHOICES if split_k else ():
+        if tiles < num_sms and k_steps >= 2 * slices and tiles * slices <= 4 * num_sms:
+            found.append(first.replace(SPLIT_K=slices))
     return list(dict.fromkeys(found))  # distinct, in order
 
 
@@ -306,6 +306,7 @@ def choose(a: torch.Tensor, b: torch.Tensor, variant: Variant, input_precision: 
                 torch.cuda.synchronize(a.device)  # time on an idle GPU, after the inputs are written
             index = device_index(a.device)
             with_tma = tma and has_tma(index) and tma_suits(a, b, input_precision)
-            configs = candidates(M, N, K, a.dtype, input_precision, multiprocessors(index), with_tma)
+            configs = candidates(M, N, K, a.dtype, input_precision, multiprocessors(index), with_tma,
+                                 split_k=not variant.row_sums)
             return tuner.tune(tuned_key, configs, lambda config: time_ms(prepare(config)))
     return default(M, N, K, a.dtype, a.device, interpreted=interpreted)

@@ -11,7 +11,8 @@ import fusedgrad
 from helpers import assert_close, kernel_device
 
 BACKENDS = {"aten": "cpu", "triton": kernel_device()}
-OPS = ("gemm", "mm_relu", "mm", "mse_loss", "mse_loss_and_grad", "sgd_", "train_step_")
+OPS = ("gemm", "mm_relu", "mm", "linear", "weight_and_bias_grad", "mse_loss", "mse_loss_and_grad", "sgd_",
+       "train_step_")
 
 
 def leaf(*shape, device):
@@ -34,6 +35,11 @@ def op_cases(device):
         *[("gemm", (a, b), {name: torch.randn(shape, device=device)}) for name, shape in mask_of.items()],
         ("mm_relu", (a, b), {}),
         ("mm", (a, b), {}),
+        *[("linear", (a, leaf(4, 7, device=device), bias), {"activation": activation})
+          for bias in (None, leaf(4, device=device)) for activation in (None, "relu")],
+        ("linear", (transposed, leaf(4, 3, device=device).detach().T.contiguous().T), {}),
+        *[("weight_and_bias_grad", (leaf(5, 4, device=device), a, relu_out), {})
+          for relu_out in (None, torch.randn(5, 4, device=device).relu())],
         *[("mse_loss", (prediction, target), {"reduction": r}) for r in ("mean", "sum", "none")],
         ("mse_loss_and_grad", (prediction, target, True), {}),
         ("mse_loss_and_grad", (transposed, target, False), {}),
