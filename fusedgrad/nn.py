@@ -10,6 +10,7 @@ from torch import nn
 
 from .linear import ACTIVATIONS, linear
 from .matmul import mm, mm_relu
+from .mlp_step import mlp_train_step
 from .step import CUDAGraphStep, train_step
 
 
@@ -51,6 +52,17 @@ class MLP(nn.Sequential):
         super().__init__(*(Linear(int(sizes[i]), int(sizes[i + 1]), bias, None if i == last else "relu",
                                   device=device, dtype=dtype) for i in range(last + 1)))
         self.sizes = tuple(int(size) for size in sizes)
+
+    def train_step(self, x: torch.Tensor, target: torch.Tensor, optimizer, loss: str = "mse",
+                   reduction: str = "mean") -> torch.Tensor:
+        """One training step without the autograd tape: forward, `loss` ("mse": F.mse_loss with
+        `reduction` "mean" or "sum") and its gradient, backward, and `optimizer`'s update of
+        every parameter (a `torch.optim.SGD` or `fusedgrad.optim.SGD` holding them all, with
+        its groups' settings and momentum buffers). Returns the loss before the update, a 0-d
+        tensor (float32 for 16-bit models, as the loss is summed in float32; promoted with
+        target's dtype), without a host sync. On CUDA: 3L - 1 GEMM launches for L layers and
+        one for the biases, each update in its weight-gradient GEMM's epilogue."""
+        return mlp_train_step(self, x, target, optimizer, loss, reduction)
 
     def __getitem__(self, index):
         """A layer, or for a slice an `nn.Sequential` of those layers (a slice of an MLP need not

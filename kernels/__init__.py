@@ -14,8 +14,9 @@ from .precision import DTYPES, DOT_PRECISIONS, KERNEL_DTYPES, PRECISIONS
 # Public name -> the submodule (which imports triton) that defines it.
 _LAUNCHERS = {"INTERPRETED": "gemm", "matmul": "gemm", "matmul_unchecked": "gemm", "mse_loss_and_grad": "mse_loss",
               "sgd_step": "sgd", "sgd_step_unchecked": "sgd", "two_layer_sgd_step": "train_step",
-              "linear_unchecked": "linear", "weight_and_bias_grad_unchecked": "linear"}
-_SUBMODULES = ("gemm", "linear", "mse_loss", "reduce", "sgd", "train_step", "tuning")
+              "linear_unchecked": "linear", "weight_and_bias_grad_unchecked": "linear",
+              "mlp_sgd_step": "mlp_step"}
+_SUBMODULES = ("gemm", "linear", "mlp_step", "mse_loss", "reduce", "sgd", "train_step", "tuning")
 
 
 def __getattr__(name: str):

@@ -54,7 +54,8 @@ from .config import GemmConfig, Variant
 from .launch import Launcher, pointer_key
 from .precision import KERNEL_DTYPES, accumulator_dtype, check_fp32_precision, dot_precision
 from .reduce import accumulator, sum_in_fixed_order
-from .sgd import learning_rate
+from .config import PLAIN_SGD, UpdateRule
+from .sgd import learning_rate, scalar, scalar_arguments, sgd_update
 
 # Which operand, if any, is multiplied by relu'(gate) as it is loaded.
 NO_MASK, MASK_A, MASK_B = 0, 1, 2
@@ -103,6 +104,8 @@ def _matmul_kernel(
     bias_ptr,       # (N,) added to every row of the product before the "none" or "relu" epilogue
     row_sums_ptr,   # (M,) the sums over K of A as the dot reads it (masked), written by the
     # programs of column-block 0 (a bias gradient, from the weight-gradient GEMM); SPLIT_K 1
+    buffer_ptr,     # sgd: the parameter's momentum buffer, C-shaped; None without momentum
+    momentum_ptr, keep_ptr, decay_ptr,  # sgd: 0-d tensors of the scalars below; None: the scalar
     # sizes
     M, N, K, num_reduce,
     # strides (0 for an absent tensor)
@@ -112,10 +115,12 @@ def _matmul_kernel(
     stride_gate_0, stride_gate_1,
     stride_aux_m, stride_aux_n,
     stride_bias, stride_row_sums,
+    stride_buffer_m, stride_buffer_n,
     # scalars
     scale,         # squared_error: the gradient is scale * (acc - target)
     reduce_scale,  # reduce_out = reduce_scale * sum(reduce)
     lr,            # sgd without lr_ptr
+    momentum, keep, weight_decay,  # sgd: torch.optim.SGD's settings (keep = 1 - dampening)
     # meta-parameters
     MASK_OPERAND: tl.constexpr,  # NO_MASK, MASK_A (gate is (M, K)) or MASK_B (gate is (K, N);
     # `matmul` launches gated-B products transposed, as MASK_A: MASK_B serves `launch` callers)
@@ -133,6 +138,8 @@ def _matmul_kernel(
     BF16_AS_FP32: tl.constexpr,    # Triton's interpreter only, whose bfloat16 dots and comparisons
     # are wrong: bf16 tiles are widened to fp32 as they are loaded (exactly; a product of two
     # bf16 values is exact in fp32, so the dot is a bf16 dot with fp32 accumulation)
+    FRESH: tl.constexpr, WEIGHT_DECAY: tl.constexpr, NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr,  # sgd:
+    # the rule's flags as `kernels.sgd.sgd_update` takes them (FRESH: the buffer's first step)
 ):
     tl.static_assert(not PERSISTENT or SPLIT_K == 1, "a persistent launch takes SPLIT_K 1")
     tl.static_assert(row_sums_ptr is None or SPLIT_K == 1, "row sums take SPLIT_K 1")
@@ -246,10 +253,23 @@ def _matmul_kernel(
                 tl.store(partials_ptr + tile, tl.sum(tl.sum(diff * diff, axis=1), axis=0))
                 acc = scale * diff
             if EPILOGUE == "sgd":
-                # The parameter takes the step in place: w = w - lr * (a @ b); no gradient is stored.
+                # The parameter takes torch.optim.SGD's step in place from the gradient a @ b,
+                # which is never stored; the momentum buffer is read and written here too.
                 rate = learning_rate(lr_ptr, lr, ACC_DTYPE)
+                mu = scalar(momentum_ptr, momentum, ACC_DTYPE)
+                kept = scalar(keep_ptr, keep, ACC_DTYPE)
+                decay = scalar(decay_ptr, weight_decay, ACC_DTYPE)
                 param = tl.load(aux_ptrs, mask=in_c, other=0.0)
-                tl.store(aux_ptrs, (param.to(ACC_DTYPE) - rate * acc).to(param.dtype), mask=in_c)
+                buffer = param
+                if buffer_ptr is not None:
+                    buffer_ptrs = buffer_ptr + rows_m * stride_buffer_m + cols_n * stride_buffer_n
+                    if not FRESH:
+                        buffer = tl.load(buffer_ptrs, mask=in_c, other=0.0)
+                new_param, new_buffer = sgd_update(param, acc, buffer, rate, mu, kept, decay, ACC_DTYPE,
+                                                   buffer_ptr is not None, FRESH, WEIGHT_DECAY, NESTEROV, MAXIMIZE)
+                tl.store(aux_ptrs, new_param, mask=in_c)
+                if buffer_ptr is not None:
+                    tl.store(buffer_ptrs, new_buffer, mask=in_c)
             else:
                 tl.store(c_ptr + rows_m * stride_cm + cols_n * stride_cn, acc.to(c_ptr.dtype.element_ty), mask=in_c)
 
@@ -316,6 +336,9 @@ class GemmArgs(NamedTuple):
     input_precision: str | None
     bias: torch.Tensor | None = None
     row_sums: torch.Tensor | None = None
+    buffer: torch.Tensor | None = None
+    rule: UpdateRule = PLAIN_SGD
+    fresh: bool = False
 
     def tma_ready(self) -> bool:
         """Whether TMA descriptors can describe a, b and the gate (asked only when autotuning
@@ -328,8 +351,9 @@ class GemmArgs(NamedTuple):
         autotuner times, leaving the caller's outputs and parameters untouched."""
         fresh = lambda t: None if t is None else torch.empty_like(t)
         aux = self.aux.clone() if self.epilogue == "sgd" else self.aux
+        buffer = None if self.buffer is None else self.buffer.clone()
         return self._replace(c=fresh(self.c), aux=aux, partials=fresh(self.partials), reduce_out=fresh(self.reduce_out),
-                             row_sums=fresh(self.row_sums))
+                             row_sums=fresh(self.row_sums), buffer=buffer)
 
 
 def _operands(args: GemmArgs, config: GemmConfig):
@@ -381,14 +405,23 @@ def _stride(t: torch.Tensor | None) -> int:
 
 
 def _meta(config: GemmConfig, mask_operand: int, epilogue: str, input_precision: str | None, dtype: torch.dtype,
-          bf16_as_fp32: bool, tma: bool, a_stored_t: bool, b_stored_t: bool, gate_stored_t: bool) -> dict:
+          bf16_as_fp32: bool, tma: bool, a_stored_t: bool, b_stored_t: bool, gate_stored_t: bool,
+          rule_flags: tuple[bool, bool, bool, bool] = (False, False, False, False)) -> dict:
     """The meta-parameters and launch options of a launch, by name (a `_LAUNCHER` variant)."""
+    fresh, weight_decay, nesterov, maximize = rule_flags
     return dict(config.meta, TMA=tma, MASK_OPERAND=mask_operand, EPILOGUE=epilogue, INPUT_PRECISION=input_precision,
                 ACC_DTYPE=accumulator(dtype), BF16_AS_FP32=bf16_as_fp32, A_STORED_T=a_stored_t,
-                B_STORED_T=b_stored_t, GATE_STORED_T=gate_stored_t)
+                B_STORED_T=b_stored_t, GATE_STORED_T=gate_stored_t, FRESH=fresh, WEIGHT_DECAY=weight_decay,
+                NESTEROV=nesterov, MAXIMIZE=maximize)
 
 
-_LAUNCHER = Launcher(_matmul_kernel, _meta, layout=(13, 16))  # 13 pointers, 16 sizes and strides, 3 floats
+def _rule_flags(rule: UpdateRule, fresh: bool) -> tuple[bool, bool, bool, bool]:
+    return (fresh, rule.weight_decay != 0, rule.nesterov, rule.maximize)
+
+
+_PLAIN_FLAGS = _rule_flags(PLAIN_SGD, False)
+_NO_SCALARS = ((None, None, None, None), (0.0, 0.0, 0.0, 0.0))
+_LAUNCHER = Launcher(_matmul_kernel, _meta, layout=(17, 18))  # 17 pointers, 18 sizes and strides, 6 floats
 
 
 def _enqueue(args: GemmArgs, config: GemmConfig, plan: tuple | None = None) -> None:
@@ -398,28 +431,36 @@ def _enqueue(args: GemmArgs, config: GemmConfig, plan: tuple | None = None) -> N
     # Unpacked once, strides read once per tensor: this runs on every launch, and host time is
     # the bound at small sizes.
     (a, b, c, mask_operand, gate, epilogue, aux, partials, scale, lr, reduce, reduce_out, reduce_scale,
-     input_precision, bias, row_sums) = args
+     input_precision, bias, row_sums, buffer, rule, fresh) = args
     (M, K), N = a.shape, b.shape[1]
     grid, tiles = _grid(config, M, N, a.device)
     a_operand, b_operand, gate_operand, tma, stored_t = _operands(args, config)
     workspace, counters = _split_k_scratch(config, tiles, a.dtype, a.device)
-    lr_ptr = lr if isinstance(lr, torch.Tensor) else None
+    (lr_ptr, *scalar_ptrs), floats = _update_scalars(epilogue, lr, rule, buffer, fresh, a.dtype, a.device)
     (stride_am, stride_ak), (stride_bk, stride_bn) = a.stride(), b.stride()
     (stride_cm, stride_cn), (stride_gate_0, stride_gate_1) = _strides(c), _strides(gate)
     stride_aux_m, stride_aux_n = _strides(aux)
     _LAUNCHER(grid, (
         a_operand, b_operand, c, gate_operand, aux, partials, reduce, reduce_out, lr_ptr, workspace, counters,
-        bias, row_sums,
+        bias, row_sums, buffer, *scalar_ptrs,
         M, N, K, 0 if reduce is None else reduce.numel(),
         stride_am, stride_ak,
         stride_bk, stride_bn,
         stride_cm, stride_cn,
         stride_gate_0, stride_gate_1,
         stride_aux_m, stride_aux_n,
-        _stride(bias), _stride(row_sums),
-        float(scale), float(reduce_scale), 0.0 if lr_ptr is not None else float(lr),
-    ), (config, mask_operand, epilogue, input_precision, a.dtype, INTERPRETED and _has_bf16(args), tma, *stored_t),
-        None if tma or workspace is not None else plan)
+        _stride(bias), _stride(row_sums), *_strides(buffer),
+        float(scale), float(reduce_scale), *floats,
+    ), (config, mask_operand, epilogue, input_precision, a.dtype, INTERPRETED and _has_bf16(args), tma, *stored_t,
+        _rule_flags(rule, fresh)), None if tma or workspace is not None else plan)
+
+
+def _update_scalars(epilogue: str, lr, rule: UpdateRule, buffer, fresh: bool, dtype: torch.dtype,
+                    device: torch.device) -> tuple[tuple, tuple]:
+    """The "sgd" epilogue's (lr, momentum, keep, decay) pointers and floats (`sgd.scalar_arguments`)."""
+    if epilogue != "sgd":
+        return _NO_SCALARS
+    return scalar_arguments(lr, rule, buffer is not None, fresh, dtype, device)
 
 
 @functools.lru_cache(maxsize=None)
@@ -449,6 +490,9 @@ def launch(
     reduce_scale: float = 1.0,
     bias: torch.Tensor | None = None,
     row_sums: torch.Tensor | None = None,
+    buffer: torch.Tensor | None = None,
+    rule: UpdateRule = PLAIN_SGD,
+    fresh: bool = False,
     config: GemmConfig | dict | None = None,
     fp32_precision: str = "ieee",
     tuner: tuning.Tuner | None = None,
@@ -459,7 +503,10 @@ def launch(
     c: (M, N) output, None for the "sgd" epilogue (it writes `aux`). With `reduce`, program 0
     also writes reduce_scale * sum(reduce) to reduce_out. `bias` (N,) is added to the product
     before the "none" or "relu" epilogue; `row_sums` (M,) receives the sums over K of A as the
-    dot reads it (after its mask), written even where N is 0 (a config for it takes SPLIT_K 1). `config` fixes the tiles; without it
+    dot reads it (after its mask), written even where N is 0 (a config for it takes SPLIT_K 1).
+    The "sgd" epilogue applies `rule` at rate `lr` with the gradient a @ b, and with momentum
+    reads and writes `buffer` (aux-shaped; `fresh`: its first step, written without being
+    read), as `kernels.sgd.sgd_update` does. `config` fixes the tiles; without it
     `tuning.choose` picks them: the heuristic's, or with a `tuner` the autotuned ones.
     `fp32_precision` is one of `precision.DOT_PRECISIONS` (float32 inputs only).
     `plan`: a caller's own name for this launch (a hashable key of its own making, distinct
@@ -485,20 +532,21 @@ def launch(
         # is a function of what `plan` holds (a bound plan's launch is the one `_enqueue` would
         # make for the same tensors), so a launch of a known plan skips the rest of this
         # function and `_enqueue`.
-        lr_ptr = lr if isinstance(lr, torch.Tensor) else None
-        pointers = (a, b, c, gate, aux, partials, reduce, reduce_out, lr_ptr, None, None, bias, row_sums)
+        (lr_ptr, *scalar_ptrs), floats = _update_scalars(epilogue, lr, rule, buffer, fresh, a.dtype, a.device)
+        pointers = (a, b, c, gate, aux, partials, reduce, reduce_out, lr_ptr, None, None, bias, row_sums, buffer,
+                    *scalar_ptrs)
         if plan is None:
             plan = (M, N, K, a.device, config, epilogue, mask_operand, input_precision, a.stride(), b.stride(),
                     None if c is None else c.stride(), None if gate is None else gate.stride(),
                     None if aux is None else aux.stride(), None if reduce is None else reduce.numel(),
-                    _stride(bias), _stride(row_sums), pointer_key(pointers))
-        if _LAUNCHER.launch_plan(plan, pointers, (float(scale), float(reduce_scale),
-                                                  0.0 if lr_ptr is not None else float(lr))):
+                    _stride(bias), _stride(row_sums), None if buffer is None else buffer.stride(),
+                    _rule_flags(rule, fresh), pointer_key(pointers))
+        if _LAUNCHER.launch_plan(plan, pointers, (float(scale), float(reduce_scale), *floats)):
             return
     else:
         plan = None  # a tuner's tiles, or the interpreter: never planned
     args = GemmArgs(a, b, c, mask_operand, gate, epilogue, aux, partials, scale, lr, reduce, reduce_out,
-                    reduce_scale, input_precision, bias, row_sums)
+                    reduce_scale, input_precision, bias, row_sums, buffer, rule, fresh)
     if config is None:
         tuned = tuner is not None  # what only the tuner reads is made only for it
         config = tuning.choose(a, b, _variant(epilogue, mask_operand, bias is not None, row_sums is not None),

@@ -148,6 +148,23 @@ def rate_argument(lr: float | torch.Tensor, dtype: torch.dtype, device: torch.de
     return lr
 
 
+def scalar_arguments(lr: float | torch.Tensor, rule: UpdateRule, momentum: bool, fresh: bool, dtype: torch.dtype,
+                     device: torch.device) -> tuple[tuple, tuple]:
+    """(lr_ptr, momentum_ptr, keep_ptr, decay_ptr), (lr, momentum, keep, weight_decay): an
+    update's scalars as a kernel takes them, each from a 0-d tensor (a tensor rate; float64
+    parameters, `rate_argument`) or as an fp32 scalar, the tensor's slot then None and the
+    scalar 0. keep = 1 - dampening; momentum and keep are 0 where they are not read."""
+    floats = (lr, float(rule.momentum) if momentum else 0.0,
+              1.0 - rule.dampening if momentum and not fresh else 0.0, float(rule.weight_decay))
+    if dtype == torch.float64 or isinstance(lr, torch.Tensor):
+        if dtype == torch.float64:
+            floats = tuple(value if index and value == 0.0 else rate_argument(value, dtype, device)
+                           for index, value in enumerate(floats))
+        pointers = tuple(value if isinstance(value, torch.Tensor) else None for value in floats)
+        return pointers, tuple(0.0 if isinstance(value, torch.Tensor) else float(value) for value in floats)
+    return _NO_SCALAR_TENSORS, (float(lr), *floats[1:])
+
+
 def sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], lr: float | torch.Tensor,
              rule: UpdateRule = PLAIN_SGD, buffers: list[torch.Tensor] | None = None, fresh: bool = False) -> None:
     """One step of `rule` at rate `lr`: updates params (and with momentum the buffers) in place.
@@ -178,18 +195,7 @@ def sgd_step_unchecked(params: list[torch.Tensor], grads: list[torch.Tensor], lr
         return
     # allocate (nothing, but exact float64 scalars)
     dtype = params[0].dtype
-    momentum = buffers is not None
-    floats = (lr, float(rule.momentum) if momentum else 0.0,
-              1.0 - rule.dampening if momentum and not fresh else 0.0, float(rule.weight_decay))
-    if dtype == torch.float64 or isinstance(lr, torch.Tensor):
-        if dtype == torch.float64:
-            floats = tuple(value if index and value == 0.0 else rate_argument(value, dtype, params[0].device)
-                           for index, value in enumerate(floats))
-        pointers = tuple(value if isinstance(value, torch.Tensor) else None for value in floats)
-        floats = tuple(0.0 if isinstance(value, torch.Tensor) else float(value) for value in floats)
-    else:
-        pointers = _NO_SCALAR_TENSORS
-        floats = (float(lr), *floats[1:])
+    pointers, floats = scalar_arguments(lr, rule, buffers is not None, fresh, dtype, params[0].device)
     variant = (dtype, fresh, rule.weight_decay != 0, rule.nesterov, rule.maximize)
     # launch
     for first in range(0, len(params), MAX_TENSORS):

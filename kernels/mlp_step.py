@@ -1,0 +1,102 @@
+"""A whole SGD step of an MLP (nn.Linear layers, ReLU between them) in GEMM launches, without
+the autograd tape. With h_0 = x, layer i of L computing h_i = relu(h_{i-1} @ W_i.T + b_i)
+(no ReLU on the last, whose output is the prediction):
+
+    h_i     = relu(h_{i-1} @ W_i.T + b_i)            one GEMM per hidden layer, bias and ReLU epilogue
+    grad_L  = scale * (h_{L-1} @ W_L.T + b_L - t)    the last layer's GEMM, squared-error epilogue:
+                                                      the prediction is never stored, only its gradient
+    for i = L .. 1:
+      grad_{i-1} = relu'(h_{i-1}) * (grad_i @ W_i)   ReLU-mask epilogue (not for i = 1: x needs none);
+                                                      reads W_i before its update
+      W_i   <- SGD(W_i, grad_i.T @ h_{i-1})          SGD epilogue: torch.optim.SGD's rule, momentum
+                                                      buffer read and written there, no gradient
+                                                      stored; the bias gradient (the row sums of
+                                                      grad_i.T) kept on the side
+    b_i   <- SGD(b_i, bias gradient)                 one `kernels.sgd` launch for all biases
+                                                      (per rule and rate)
+
+That is 3L - 1 GEMM launches, plus one for the biases: L forward products, L weight updates
+and L - 1 input gradients, each the minimum for its product. The loss, sum or mean of the
+squared error, is folded from per-tile partial sums by the first backward launch (fixed order,
+no atomics: deterministic) and is the loss before the update. Nothing reads back to the host.
+
+Design trade-off: the biases take their step in one launch of their own rather than in the
+epilogue of their weight's GEMM, whose first column-block of programs holds the bias gradient:
+a bias may sit in another param group than its weight (no weight decay on biases is common),
+and one extra small launch keeps the GEMM's epilogue to one rule. The ATen reference is
+`fusedgrad.mlp_step.mlp_step_reference`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from . import gemm, sgd, tuning
+from .config import UpdateRule
+from .precision import accumulator_dtype
+
+
+class Update(NamedTuple):
+    """How one parameter takes its step: rate, rule, momentum buffer (None without momentum),
+    and whether the buffer is new (written, not read)."""
+
+    lr: float | torch.Tensor
+    rule: UpdateRule
+    buffer: torch.Tensor | None
+    fresh: bool
+
+
+def mlp_sgd_step(x: torch.Tensor, target: torch.Tensor, weights: list[torch.Tensor],
+                 biases: list[torch.Tensor | None], weight_updates: list[Update], bias_updates: list[Update | None],
+                 reduction: str, loss_dtype: torch.dtype, fp32_precision: str = "ieee",
+                 tuner: tuning.Tuner | None = None) -> torch.Tensor:
+    """Update every weight and bias in place from x (M, in) and target (M, out); return the
+    squared-error loss ("mean" or "sum") before the update as a 0-d tensor of `loss_dtype`.
+    The caller (fusedgrad.mlp_step) has checked shapes, dtypes, devices and the updates."""
+    batch, layers, device, dtype = x.shape[0], len(weights), x.device, x.dtype
+    # allocate
+    hidden = [x]
+    for weight in weights[:-1]:
+        hidden.append(torch.empty((batch, weight.shape[0]), dtype=dtype, device=device))
+    grad = torch.empty((batch, weights[-1].shape[0]), dtype=dtype, device=device)
+    loss_config, tiles = gemm.tiles_of(batch, weights[-1].shape[0], weights[-1].shape[1], dtype, device)
+    partials = torch.empty(tiles, dtype=accumulator_dtype(dtype), device=device)
+    loss = torch.empty((), dtype=loss_dtype, device=device)
+    bias_grads = [None if bias is None else torch.empty_like(bias) for bias in biases]
+    numel = grad.numel()
+    loss_scale = 1.0 / numel if reduction == "mean" and numel else 1.0
+    # launch: forward
+    for index in range(layers - 1):
+        gemm.launch(hidden[index], weights[index].T, hidden[index + 1], epilogue="relu", bias=biases[index],
+                    fp32_precision=fp32_precision, tuner=tuner)
+    gemm.launch(hidden[-1], weights[-1].T, grad, epilogue="squared_error", aux=target, partials=partials,
+                scale=2.0 * loss_scale, bias=biases[-1], config=loss_config, fp32_precision=fp32_precision,
+                tuner=tuner)
+    # launch: backward, each layer's input gradient before its weight's update
+    fold = dict(reduce=partials, reduce_out=loss, reduce_scale=loss_scale)  # the first backward launch adds up the loss
+    for index in reversed(range(layers)):
+        if index > 0:
+            grad_below = torch.empty_like(hidden[index])
+            gemm.launch(grad, weights[index], grad_below, epilogue="relu_mask", aux=hidden[index],
+                        fp32_precision=fp32_precision, tuner=tuner, **fold)
+            fold = {}
+        update = weight_updates[index]
+        gemm.launch(grad.T, hidden[index], None, epilogue="sgd", aux=weights[index], lr=update.lr, rule=update.rule,
+                    buffer=update.buffer, fresh=update.fresh, row_sums=bias_grads[index],
+                    fp32_precision=fp32_precision, tuner=tuner, **fold)
+        fold = {}
+        if index > 0:
+            grad = grad_below
+    # launch: the biases, one launch per rate and rule
+    groups: dict = {}
+    for bias, bias_grad, update in zip(biases, bias_grads, bias_updates):
+        if bias is not None:
+            key = (id(update.lr) if isinstance(update.lr, torch.Tensor) else update.lr, update.rule, update.fresh)
+            groups.setdefault(key, (update, []))[1].append((bias, bias_grad, update.buffer))
+    for update, members in groups.values():
+        params, grads, buffers = zip(*members)
+        sgd.sgd_step_unchecked(list(params), list(grads), update.lr, update.rule,
+                               None if update.buffer is None else list(buffers), update.fresh)
+    return loss
