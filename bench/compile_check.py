@@ -155,34 +155,41 @@ def main(argv: list[str] | None = None) -> int:
 
     def gemm_types(dtype):
         def types(name):
-            if name in ("partials_ptr", "reduce_ptr", "reduce_out_ptr", "lr_ptr", "workspace_ptr"):
+            if name in ("partials_ptr", "reduce_ptr", "reduce_out_ptr", "lr_ptr", "workspace_ptr", "momentum_ptr",
+                        "keep_ptr", "decay_ptr"):
                 return f"*{accumulator(dtype)}"
             if name == "counter_ptr":
                 return "*i32"
             if name.endswith("_ptr"):
                 return f"*{dtype}"
-            return "fp32" if name in ("scale", "reduce_scale", "lr") else "i32"
+            return "fp32" if name in ("scale", "reduce_scale", "lr", "momentum", "keep", "weight_decay") else "i32"
         return types
 
     def gemm_constexprs(epilogue, mask_operand, precision, block_m, block_n, block_k, split_k=1,
                         tma=False, a_t=False, b_t=False, persistent=False, gate_t=False, reduce=None, dtype="fp32",
-                        bias=False, row_sums=False):
+                        bias=False, row_sums=False, momentum=False, fresh=False, rule_flags=False,
+                        lr_from_tensor=True):
         """The meta-parameters of a launch as fusedgrad makes it, and None for the pointers it
         does not pass: the fused step's ReLU-mask GEMM folds the loss partials (`reduce`, by
         default for "relu_mask"), its SGD GEMMs read the rate from a tensor; linear's forward
-        adds a `bias`, its weight gradient takes A's `row_sums`."""
+        adds a `bias`, its weight gradient takes A's `row_sums`; the MLP step's SGD epilogue a
+        momentum buffer (`momentum`, `fresh`) and the other settings (`rule_flags`: weight
+        decay, Nesterov, maximize), their scalars from tensors in fp64."""
         reduce = epilogue == "relu_mask" if reduce is None else reduce
         present = {"c_ptr": epilogue != "sgd", "gate_ptr": mask_operand != gemm.NO_MASK,
                    "aux_ptr": epilogue in ("relu_mask", "squared_error", "sgd"),
                    "partials_ptr": epilogue == "squared_error",
                    "reduce_ptr": reduce, "reduce_out_ptr": reduce,
-                   "lr_ptr": epilogue == "sgd", "workspace_ptr": split_k > 1, "counter_ptr": split_k > 1,
-                   "bias_ptr": bias, "row_sums_ptr": row_sums}
+                   "lr_ptr": epilogue == "sgd" and (lr_from_tensor or dtype == "fp64"), "workspace_ptr": split_k > 1, "counter_ptr": split_k > 1,
+                   "bias_ptr": bias, "row_sums_ptr": row_sums, "buffer_ptr": momentum,
+                   "momentum_ptr": momentum and dtype == "fp64", "keep_ptr": momentum and dtype == "fp64" and not fresh,
+                   "decay_ptr": rule_flags and dtype == "fp64"}
         return dict({name: None for name, there in present.items() if not there},
                     MASK_OPERAND=mask_operand, EPILOGUE=epilogue, INPUT_PRECISION=precision,
                     BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, SPLIT_K=split_k,
                     TMA=tma, A_STORED_T=a_t, B_STORED_T=b_t, GATE_STORED_T=gate_t, PERSISTENT=persistent,
-                    ACC_DTYPE=tl.float64 if dtype == "fp64" else tl.float32, BF16_AS_FP32=False)
+                    ACC_DTYPE=tl.float64 if dtype == "fp64" else tl.float32, BF16_AS_FP32=False,
+                    FRESH=fresh, WEIGHT_DECAY=rule_flags, NESTEROV=rule_flags and momentum, MAXIMIZE=rule_flags)
 
     def tma_types(dtype, constexprs):
         """Pointer types, but a, b and the gate as tensor descriptors of their storage blocks."""
@@ -226,7 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         # (A's row sums), gated (after a ReLU) or not.
         for index, (epilogue, mask_operand, extra) in enumerate((
                 ("none", gemm.NO_MASK, dict(bias=True)), ("relu", gemm.NO_MASK, dict(bias=True)),
-                ("none", gemm.MASK_A, dict(row_sums=True)), ("none", gemm.NO_MASK, dict(row_sums=True)))):
+                ("none", gemm.MASK_A, dict(row_sums=True)), ("none", gemm.NO_MASK, dict(row_sums=True)),
+                # the MLP step: the loss after a bias; updates with the bias gradient, every rule
+                ("squared_error", gemm.NO_MASK, dict(bias=True)),
+                ("sgd", gemm.NO_MASK, dict(row_sums=True, lr_from_tensor=False)),
+                ("sgd", gemm.NO_MASK, dict(row_sums=True, momentum=True, fresh=True, lr_from_tensor=False)),
+                ("sgd", gemm.NO_MASK, dict(momentum=True, rule_flags=True, lr_from_tensor=False)),
+                ("sgd", gemm.NO_MASK, dict(row_sums=True, rule_flags=True)))):
             for block in (16,) if dtype == "fp64" else (16, 128):
                 check(f"gemm {dtype}/{precision} {epilogue} mask={mask_operand} {block}x{block} linear "
                       f"{' '.join(extra)}", gemm._matmul_kernel,

@@ -17,7 +17,7 @@ import torch
 
 from . import dispatch, library, settings
 from .checks import FLOAT_DTYPES, share_memory
-from .kernels.mlp_step import Update
+from .kernels.config import Update
 from .kernels.precision import accumulator_dtype
 from .optim import SGD, group_rule
 from .sgd import check_rule, check_update, sgd_reference
@@ -119,7 +119,7 @@ def _describe(t) -> str:
     return f"{tuple(t.shape)} {t.dtype} on {t.device}"
 
 
-@torch.compiler.disable
+@torch._disable_dynamo  # torch.compile runs the step as it is (`torch.compiler.disable`, imported on first call)
 def mlp_train_step(model, x: torch.Tensor, target: torch.Tensor, optimizer, loss: str = "mse",
                    reduction: str = "mean") -> torch.Tensor:
     """`model.train_step`: one step of `optimizer` on `loss(model(x), target)`; see `MLP.train_step`."""
@@ -143,7 +143,7 @@ def mlp_train_step(model, x: torch.Tensor, target: torch.Tensor, optimizer, loss
     # x is read while the first layer's weight is written: read it from a copy if they meet.
     if any(share_memory(x, p) for p in params):
         x = x.clone()
-    loss_dtype = torch.promote_types(x.dtype, target.dtype)
+    loss_dtype = torch.promote_types(accumulator_dtype(x.dtype), target.dtype)  # a 16-bit sum would overflow
     detached_weights = [w.detach() for w in weights]
     detached_biases = [None if b is None else b.detach() for b in biases]
     if dispatch.resolve(x) == "triton":

@@ -59,8 +59,8 @@ class MLP(nn.Sequential):
         `reduction` "mean" or "sum") and its gradient, backward, and `optimizer`'s update of
         every parameter (a `torch.optim.SGD` or `fusedgrad.optim.SGD` holding them all, with
         its groups' settings and momentum buffers). Returns the loss before the update, a 0-d
-        tensor (float32 for 16-bit models, as the loss is summed in float32; promoted with
-        target's dtype), without a host sync. On CUDA: 3L - 1 GEMM launches for L layers and
+        tensor (float32 for 16-bit models, as the tutorial step's: a 16-bit sum of squares
+        would overflow; float64 for float64 models or targets), without a host sync. On CUDA: 3L - 1 GEMM launches for L layers and
         one for the biases, each update in its weight-gradient GEMM's epilogue."""
         return mlp_train_step(self, x, target, optimizer, loss, reduction)
 

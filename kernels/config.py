@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 
 def _is_power_of_two(value: int) -> bool:
@@ -123,3 +123,13 @@ class UpdateRule(NamedTuple):
 
 
 PLAIN_SGD = UpdateRule()
+
+
+class Update(NamedTuple):
+    """How one parameter takes its step: rate (a float or a 0-d tensor), rule, momentum buffer
+    (None without momentum), and whether the buffer is new (written, not read)."""
+
+    lr: Any
+    rule: UpdateRule
+    buffer: Any
+    fresh: bool

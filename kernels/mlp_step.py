@@ -29,23 +29,11 @@ and one extra small launch keeps the GEMM's epilogue to one rule. The ATen refer
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from . import gemm, sgd, tuning
-from .config import UpdateRule
+from .config import Update
 from .precision import accumulator_dtype
-
-
-class Update(NamedTuple):
-    """How one parameter takes its step: rate, rule, momentum buffer (None without momentum),
-    and whether the buffer is new (written, not read)."""
-
-    lr: float | torch.Tensor
-    rule: UpdateRule
-    buffer: torch.Tensor | None
-    fresh: bool
 
 
 def mlp_sgd_step(x: torch.Tensor, target: torch.Tensor, weights: list[torch.Tensor],
