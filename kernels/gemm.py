@@ -532,16 +532,22 @@ def launch(
         # is a function of what `plan` holds (a bound plan's launch is the one `_enqueue` would
         # make for the same tensors), so a launch of a known plan skips the rest of this
         # function and `_enqueue`.
-        (lr_ptr, *scalar_ptrs), floats = _update_scalars(epilogue, lr, rule, buffer, fresh, a.dtype, a.device)
+        if epilogue == "sgd":
+            (lr_ptr, momentum_ptr, keep_ptr, decay_ptr), floats = scalar_arguments(
+                lr, rule, buffer is not None, fresh, a.dtype, a.device)
+            floats, flags = (float(scale), float(reduce_scale), *floats), _rule_flags(rule, fresh)
+        else:  # no update: its scalars are absent
+            lr_ptr = momentum_ptr = keep_ptr = decay_ptr = None
+            floats, flags = (float(scale), float(reduce_scale), 0.0, 0.0, 0.0, 0.0), _PLAIN_FLAGS
         pointers = (a, b, c, gate, aux, partials, reduce, reduce_out, lr_ptr, None, None, bias, row_sums, buffer,
-                    *scalar_ptrs)
+                    momentum_ptr, keep_ptr, decay_ptr)
         if plan is None:
             plan = (M, N, K, a.device, config, epilogue, mask_operand, input_precision, a.stride(), b.stride(),
                     None if c is None else c.stride(), None if gate is None else gate.stride(),
                     None if aux is None else aux.stride(), None if reduce is None else reduce.numel(),
-                    _stride(bias), _stride(row_sums), None if buffer is None else buffer.stride(),
-                    _rule_flags(rule, fresh), pointer_key(pointers))
-        if _LAUNCHER.launch_plan(plan, pointers, (float(scale), float(reduce_scale), *floats)):
+                    None if bias is None else bias.stride(0), None if row_sums is None else row_sums.stride(0),
+                    None if buffer is None else buffer.stride(), flags, pointer_key(pointers))
+        if _LAUNCHER.launch_plan(plan, pointers, floats):
             return
     else:
         plan = None  # a tuner's tiles, or the interpreter: never planned
