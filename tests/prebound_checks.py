@@ -111,6 +111,34 @@ def check_every_tutorial_launch_is_the_same_as_kernel_grid():
         assert_same_launch(launcher, grid, args, variant, f"{launcher.kernel} {variant}")
 
 
+def mlp_step_case(dtype=torch.float32, fresh=False):
+    """(a step of a two-layer MLP with biases, momentum, weight decay and Nesterov, its
+    tensors): `kernels.mlp_step`'s every kind of launch."""
+    from fusedgrad.kernels.config import Update, UpdateRule
+    from fusedgrad.kernels.mlp_step import mlp_sgd_step
+    weights = [torch.randn(32, 16, dtype=dtype), torch.randn(8, 32, dtype=dtype)]
+    biases = [torch.randn(32, dtype=dtype), torch.randn(8, dtype=dtype)]
+    x, target = torch.randn(4, 16, dtype=dtype), torch.randn(4, 8, dtype=dtype)
+    rule = UpdateRule(momentum=0.9, weight_decay=0.01, nesterov=True)
+    weight_updates = [Update(0.1, rule, torch.zeros_like(w), fresh) for w in weights]
+    bias_updates = [Update(0.1, rule, torch.zeros_like(b), fresh) for b in biases]
+    step = lambda: mlp_sgd_step(x, target, weights, biases, weight_updates, bias_updates, "mean", torch.float32)
+    return step, (x, target, *weights, *biases, *(u.buffer for u in weight_updates + bias_updates))
+
+
+def check_every_mlp_step_launch_is_the_same_as_kernel_grid():
+    """The MLP step's GEMMs (bias and ReLU, the loss after a bias, the input gradient, updates
+    with momentum buffers and bias gradients, first and later steps) and its bias update."""
+    calls = []
+    for fresh in (True, False):
+        step, _ = mlp_step_case(fresh=fresh)
+        calls += launches_of(gemm, step) + launches_of(sgd, step)
+    kinds = [launcher.kernel.fn.__name__ for launcher, *_ in calls]
+    assert kinds == (["_matmul_kernel"] * 5 + ["_sgd_kernel"]) * 2, kinds
+    for launcher, grid, args, variant in calls:
+        assert_same_launch(launcher, grid, args, variant, f"{launcher.kernel} {variant}")
+
+
 def launches_during(fn, planned: bool) -> list:
     """The driver launches `fn()` makes, with GEMM plans taken (`planned`) or refused; with
     them taken, asserts that no GEMM launch took the full path."""
@@ -165,7 +193,8 @@ def check_planned_launches_are_the_same_as_full_ones():
              ("fused step, w1 column-major", lambda: two_layer_sgd_step(x, y, w1_t, w2, 1e-3), (x, y, w1_t, w2)),
              ("fused step, float64, tensor rate", lambda: two_layer_sgd_step(x64, y64, w1_64, w2_64, rate),
               (x64, y64, w1_64, w2_64, rate)),
-             ("gated product", lambda: gemm.matmul(x.T, torch.randn(64, 100), b_relu_mask=h), (x, h)))
+             ("gated product", lambda: gemm.matmul(x.T, torch.randn(64, 100), b_relu_mask=h), (x, h)),
+             ("MLP step", *mlp_step_case()), ("MLP step, float64", *mlp_step_case(torch.float64)))
     for _, fn, _ in cases:  # every case names its launches first: a name two cases shared would show below
         fn()
     for what, fn, tensors in cases:

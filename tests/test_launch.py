@@ -16,7 +16,7 @@ TESTS = pathlib.Path(__file__).resolve().parent
 
 
 def test_prebound_launches_equal_kernel_grid_on_the_real_launch_path():
-    """`prebound_checks.py`: every launch of the tutorial's steps reaches the driver with what
+    """`prebound_checks.py`: every launch of the tutorial's steps and the MLP step reaches the driver with what
     kernel[grid] passes; strides, alignment, dtype, a size of 1 and the device each get the
     kernel Triton compiles for them; the stream is read per launch; launch hooks see launches."""
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
@@ -24,7 +24,7 @@ def test_prebound_launches_equal_kernel_grid_on_the_real_launch_path():
                             timeout=600, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     checks = [line for line in result.stdout.splitlines() if line.startswith("ok ")]
-    assert len(checks) == 5, result.stdout
+    assert len(checks) == 6, result.stdout
 
 
 def test_the_launch_key_holds_what_triton_specializes_on():
