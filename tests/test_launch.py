@@ -16,8 +16,8 @@ TESTS = pathlib.Path(__file__).resolve().parent
 
 
 def test_prebound_launches_equal_kernel_grid_on_the_real_launch_path():
-    """`prebound_checks.py`: every launch of the tutorial's steps and the MLP step reaches the driver with what
-    kernel[grid] passes; strides, alignment, dtype, a size of 1 and the device each get the
+    """`prebound_checks.py`: every launch of the tutorial's steps and the MLP step reaches the
+    driver with what kernel[grid] passes; strides, alignment, dtype, a size of 1 and the device each get the
     kernel Triton compiles for them; the stream is read per launch; launch hooks see launches."""
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, str(TESTS / "prebound_checks.py")], capture_output=True, text=True,
