@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile as triton_compile
 
-    from fusedgrad.kernels import gemm, mse_loss, reduce, sgd, tuning
+    from fusedgrad.kernels import cross_entropy, gemm, mse_loss, reduce, sgd, tuning
 
     target = GPUTarget("cuda", 90, 32)
 
@@ -276,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
                                         FRESH=rule == "fresh momentum", WEIGHT_DECAY=rule in ("nesterov", "all"),
                                         NESTEROV=rule == "nesterov", MAXIMIZE=rule == "all", **absent),
                   sgd_types.__getitem__)
+        for block_c in (16, cross_entropy.MAX_BLOCK):  # cross-entropy over class indices, gradient in place
+            check(f"cross entropy {dtype} BLOCK_C={block_c}", cross_entropy._cross_entropy_kernel,
+                  dict(BLOCK_C=block_c, ACC_DTYPE=tl.float64 if dtype == "fp64" else tl.float32),
+                  lambda n, d=dtype: {"logits_ptr": f"*{d}", "target_ptr": "*i64", "losses_ptr": f"*{accumulator(d)}",
+                                      "scale": "fp32"}.get(n, "i32"))
         for single_program in (True, False):  # out: the loss (input's dtype), or partials (the accumulator's)
             out = f"*{dtype}" if single_program else f"*{accumulator(dtype)}"
             check(f"squared error {dtype} {'one program' if single_program else 'partials'}",

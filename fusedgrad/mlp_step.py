@@ -22,12 +22,12 @@ from .kernels.precision import accumulator_dtype
 from .optim import SGD, group_rule
 from .sgd import check_rule, check_update, sgd_reference
 
-LOSSES = ("mse",)
+LOSSES = ("mse", "cross_entropy")
 REDUCTIONS = ("mean", "sum")
 
 
 @torch.no_grad()
-def mlp_step_reference(x, target, weights, biases, weight_updates, bias_updates, reduction: str,
+def mlp_step_reference(x, target, weights, biases, weight_updates, bias_updates, loss_kind: str, reduction: str,
                        loss_dtype: torch.dtype) -> torch.Tensor:
     """ATen twin of `kernels.mlp_sgd_step`: the same arguments and math. Gradients are taken
     in the parameters' dtype (as autograd takes them), then each parameter takes its update."""
@@ -35,10 +35,23 @@ def mlp_step_reference(x, target, weights, biases, weight_updates, bias_updates,
     for index, (weight, bias) in enumerate(zip(weights, biases)):
         out = torch.nn.functional.linear(hidden[-1], weight, bias)
         hidden.append(out.relu_() if index < len(weights) - 1 else out)
-    difference = hidden.pop() - target
-    squares = difference.to(accumulator_dtype(difference.dtype)).square()  # 16-bit: the sum in float32
-    loss = squares.sum() if reduction == "sum" else squares.mean()
-    grad = difference.mul_(2.0 / difference.numel() if reduction == "mean" else 2.0).to(x.dtype)
+    prediction = hidden.pop()
+    if loss_kind == "mse":
+        difference = prediction - target
+        squares = difference.to(accumulator_dtype(difference.dtype)).square()  # 16-bit: the sum in float32
+        loss = squares.sum() if reduction == "sum" else squares.mean()
+        grad = difference.mul_(2.0 / difference.numel() if reduction == "mean" else 2.0).to(x.dtype)
+    else:  # F.cross_entropy's math, in float32 for 16-bit logits; a class outside [0, C): NaN, as the kernel
+        logits = prediction.to(accumulator_dtype(prediction.dtype))
+        classes = logits.shape[1]
+        valid = ((target >= 0) & (target < classes)).unsqueeze(1)
+        index = target.clamp(0, classes - 1).unsqueeze(1)
+        log_total = logits.logsumexp(1, keepdim=True)
+        row_losses = (log_total - logits.gather(1, index)).masked_fill(~valid, float("nan"))
+        loss = row_losses.sum() if reduction == "sum" else row_losses.mean()
+        grad = (logits - log_total).exp_().scatter_add_(1, index, torch.full_like(log_total, -1.0))
+        grad = grad.masked_fill_(~valid, float("nan")).mul_(1.0 / len(target) if reduction == "mean" else 1.0)
+        grad = grad.to(x.dtype)
     grads: list = []
     for index in reversed(range(len(weights))):
         grads.append((grad.T @ hidden[index], None if biases[index] is None else grad.sum(0)))
@@ -96,7 +109,7 @@ def _updates(optimizer, params: list[torch.Tensor]) -> tuple[list[Update], list]
     return updates
 
 
-def _check_data(x, target, weights) -> None:
+def _check_data(x, target, weights, loss: str) -> None:
     first = weights[0]
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.dtype != first.dtype or x.device != first.device:
         raise ValueError(f"MLP.train_step: x must be a 2-D tensor (batch, {first.shape[1]}) of the model's dtype "
@@ -104,10 +117,14 @@ def _check_data(x, target, weights) -> None:
     if x.shape[1] != first.shape[1]:
         raise ValueError(f"MLP.train_step: x is {tuple(x.shape)}, the first layer takes {first.shape[1]} features")
     out_features = weights[-1].shape[0]
-    if (not isinstance(target, torch.Tensor) or target.shape != (x.shape[0], out_features)
-            or target.dtype not in FLOAT_DTYPES or target.device != x.device):
+    if loss == "mse" and (not isinstance(target, torch.Tensor) or target.shape != (x.shape[0], out_features)
+                          or target.dtype not in FLOAT_DTYPES or target.device != x.device):
         raise ValueError(f"MLP.train_step: target must be a floating tensor of shape {(x.shape[0], out_features)} "
                          f"on {x.device}, got {_describe(target)}")
+    if loss == "cross_entropy" and (not isinstance(target, torch.Tensor) or target.shape != (x.shape[0],)
+                                    or target.dtype != torch.int64 or target.device != x.device):
+        raise ValueError(f"MLP.train_step: with loss 'cross_entropy' target must be int64 class indices of shape "
+                         f"{(x.shape[0],)} on {x.device}, got {_describe(target)}")
     if x.shape[0] == 0 or any(0 in weight.shape for weight in weights):
         raise ValueError(f"MLP.train_step: empty dimension in x {tuple(x.shape)} or the layers "
                          f"{[tuple(weight.shape) for weight in weights]}")
@@ -130,7 +147,7 @@ def mlp_train_step(model, x: torch.Tensor, target: torch.Tensor, optimizer, loss
                          f"got {reduction!r}")
     weights = [layer.weight for layer in model]
     biases = [layer.bias for layer in model]
-    _check_data(x, target, weights)
+    _check_data(x, target, weights, loss)
     params = [p for layer in zip(weights, biases) for p in layer if p is not None]
     if any(p.dtype != x.dtype or p.device != x.device for p in params):
         raise ValueError(f"MLP.train_step: every parameter must be {x.dtype} on {x.device}, got "
@@ -143,17 +160,19 @@ def mlp_train_step(model, x: torch.Tensor, target: torch.Tensor, optimizer, loss
     # x is read while the first layer's weight is written: read it from a copy if they meet.
     if any(share_memory(x, p) for p in params):
         x = x.clone()
-    loss_dtype = torch.promote_types(accumulator_dtype(x.dtype), target.dtype)  # a 16-bit sum would overflow
+    loss_dtype = accumulator_dtype(x.dtype)  # a 16-bit sum would overflow
+    if loss == "mse":
+        loss_dtype = torch.promote_types(loss_dtype, target.dtype)
     detached_weights = [w.detach() for w in weights]
     detached_biases = [None if b is None else b.detach() for b in biases]
     if dispatch.resolve(x) == "triton":
         result = dispatch.load_kernels().mlp_sgd_step(x, target, detached_weights, detached_biases, weight_updates,
-                                                      bias_updates, reduction, loss_dtype,
+                                                      bias_updates, loss, reduction, loss_dtype,
                                                       settings.kernel_fp32_precision(), settings.tuner())
     else:
         with torch.autocast(x.device.type, enabled=False):
             result = mlp_step_reference(x, target, detached_weights, detached_biases, weight_updates, bias_updates,
-                                        reduction, loss_dtype)
+                                        loss, reduction, loss_dtype)
     written = params + [u.buffer for u in weight_updates + bias_updates if u is not None and u.buffer is not None]
     library.bump_versions(*written)
     for param, update in zip(params, [u for pair in zip(weight_updates, bias_updates) for u in pair if u is not None]):

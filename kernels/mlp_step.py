@@ -5,6 +5,9 @@ the autograd tape. With h_0 = x, layer i of L computing h_i = relu(h_{i-1} @ W_i
     h_i     = relu(h_{i-1} @ W_i.T + b_i)            one GEMM per hidden layer, bias and ReLU epilogue
     grad_L  = scale * (h_{L-1} @ W_L.T + b_L - t)    the last layer's GEMM, squared-error epilogue:
                                                       the prediction is never stored, only its gradient
+       or   = scale * (softmax(z) - onehot(t))        cross-entropy over class indices t: the logits
+                                                      z (last GEMM, bias epilogue), then one launch
+                                                      of `kernels.cross_entropy` over them in place
     for i = L .. 1:
       grad_{i-1} = relu'(h_{i-1}) * (grad_i @ W_i)   ReLU-mask epilogue (not for i = 1: x needs none);
                                                       reads W_i before its update
@@ -15,9 +18,9 @@ the autograd tape. With h_0 = x, layer i of L computing h_i = relu(h_{i-1} @ W_i
     b_i   <- SGD(b_i, bias gradient)                 one `kernels.sgd` launch for all biases
                                                       (per rule and rate)
 
-That is 3L - 1 GEMM launches, plus one for the biases: L forward products, L weight updates
-and L - 1 input gradients, each the minimum for its product. The loss, sum or mean of the
-squared error, is folded from per-tile partial sums by the first backward launch (fixed order,
+That is 3L - 1 GEMM launches, plus one for the biases (and one for cross-entropy): L forward
+products, L weight updates and L - 1 input gradients, each the minimum for its product. The
+loss, sum or mean of the squared errors or the rows' cross-entropies, is folded from per-tile partial sums by the first backward launch (fixed order,
 no atomics: deterministic) and is the loss before the update. Nothing reads back to the host.
 
 Design trade-off: the biases take their step in one launch of their own rather than in the
@@ -31,37 +34,45 @@ from __future__ import annotations
 
 import torch
 
-from . import gemm, sgd, tuning
+from . import cross_entropy, gemm, sgd, tuning
 from .config import Update
 from .precision import accumulator_dtype
 
 
 def mlp_sgd_step(x: torch.Tensor, target: torch.Tensor, weights: list[torch.Tensor],
                  biases: list[torch.Tensor | None], weight_updates: list[Update], bias_updates: list[Update | None],
-                 reduction: str, loss_dtype: torch.dtype, fp32_precision: str = "ieee",
+                 loss_kind: str, reduction: str, loss_dtype: torch.dtype, fp32_precision: str = "ieee",
                  tuner: tuning.Tuner | None = None) -> torch.Tensor:
-    """Update every weight and bias in place from x (M, in) and target (M, out); return the
-    squared-error loss ("mean" or "sum") before the update as a 0-d tensor of `loss_dtype`.
-    The caller (fusedgrad.mlp_step) has checked shapes, dtypes, devices and the updates."""
+    """Update every weight and bias in place from x (M, in) and target, (M, out) for `loss_kind`
+    "mse", (M,) int64 class indices for "cross_entropy"; return the loss ("mean" or "sum") before
+    the update as a 0-d tensor of `loss_dtype`. The caller (fusedgrad.mlp_step) has checked
+    shapes, dtypes, devices and the updates."""
     batch, layers, device, dtype = x.shape[0], len(weights), x.device, x.dtype
     # allocate
     hidden = [x]
     for weight in weights[:-1]:
         hidden.append(torch.empty((batch, weight.shape[0]), dtype=dtype, device=device))
     grad = torch.empty((batch, weights[-1].shape[0]), dtype=dtype, device=device)
-    loss_config, tiles = gemm.tiles_of(batch, weights[-1].shape[0], weights[-1].shape[1], dtype, device)
-    partials = torch.empty(tiles, dtype=accumulator_dtype(dtype), device=device)
+    if loss_kind == "mse":
+        loss_config, tiles = gemm.tiles_of(batch, weights[-1].shape[0], weights[-1].shape[1], dtype, device)
+        partials = torch.empty(tiles, dtype=accumulator_dtype(dtype), device=device)
+        terms = grad.numel()  # mean: over the elements
+    else:
+        partials, terms = torch.empty(batch, dtype=accumulator_dtype(dtype), device=device), batch  # over the rows
     loss = torch.empty((), dtype=loss_dtype, device=device)
     bias_grads = [None if bias is None else torch.empty_like(bias) for bias in biases]
-    numel = grad.numel()
-    loss_scale = 1.0 / numel if reduction == "mean" and numel else 1.0
+    loss_scale = 1.0 / terms if reduction == "mean" else 1.0
     # launch: forward
     for index in range(layers - 1):
         gemm.launch(hidden[index], weights[index].T, hidden[index + 1], epilogue="relu", bias=biases[index],
                     fp32_precision=fp32_precision, tuner=tuner)
-    gemm.launch(hidden[-1], weights[-1].T, grad, epilogue="squared_error", aux=target, partials=partials,
-                scale=2.0 * loss_scale, bias=biases[-1], config=loss_config, fp32_precision=fp32_precision,
-                tuner=tuner)
+    if loss_kind == "mse":
+        gemm.launch(hidden[-1], weights[-1].T, grad, epilogue="squared_error", aux=target, partials=partials,
+                    scale=2.0 * loss_scale, bias=biases[-1], config=loss_config, fp32_precision=fp32_precision,
+                    tuner=tuner)
+    else:
+        gemm.launch(hidden[-1], weights[-1].T, grad, bias=biases[-1], fp32_precision=fp32_precision, tuner=tuner)
+        cross_entropy.cross_entropy_and_grad_(grad, target, partials, loss_scale)
     # launch: backward, each layer's input gradient before its weight's update
     fold = dict(reduce=partials, reduce_out=loss, reduce_scale=loss_scale)  # the first backward launch adds up the loss
     for index in reversed(range(layers)):

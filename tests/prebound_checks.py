@@ -25,7 +25,7 @@ DRIVER = host_cost.pretend_gpu()
 import torch  # noqa: E402
 from triton import knobs  # noqa: E402
 
-from fusedgrad.kernels import gemm, mse_loss, reduce, sgd  # noqa: E402
+from fusedgrad.kernels import cross_entropy, gemm, mse_loss, reduce, sgd  # noqa: E402
 
 
 class Recorder:
@@ -111,18 +111,20 @@ def check_every_tutorial_launch_is_the_same_as_kernel_grid():
         assert_same_launch(launcher, grid, args, variant, f"{launcher.kernel} {variant}")
 
 
-def mlp_step_case(dtype=torch.float32, fresh=False):
+def mlp_step_case(dtype=torch.float32, fresh=False, loss="mse"):
     """(a step of a two-layer MLP with biases, momentum, weight decay and Nesterov, its
     tensors): `kernels.mlp_step`'s every kind of launch."""
     from fusedgrad.kernels.config import Update, UpdateRule
     from fusedgrad.kernels.mlp_step import mlp_sgd_step
     weights = [torch.randn(32, 16, dtype=dtype), torch.randn(8, 32, dtype=dtype)]
     biases = [torch.randn(32, dtype=dtype), torch.randn(8, dtype=dtype)]
-    x, target = torch.randn(4, 16, dtype=dtype), torch.randn(4, 8, dtype=dtype)
+    x = torch.randn(4, 16, dtype=dtype)
+    target = torch.randn(4, 8, dtype=dtype) if loss == "mse" else torch.randint(0, 8, (4,))
     rule = UpdateRule(momentum=0.9, weight_decay=0.01, nesterov=True)
     weight_updates = [Update(0.1, rule, torch.zeros_like(w), fresh) for w in weights]
     bias_updates = [Update(0.1, rule, torch.zeros_like(b), fresh) for b in biases]
-    step = lambda: mlp_sgd_step(x, target, weights, biases, weight_updates, bias_updates, "mean", torch.float32)
+    step = lambda: mlp_sgd_step(x, target, weights, biases, weight_updates, bias_updates, loss, "mean",
+                                torch.float32)
     return step, (x, target, *weights, *biases, *(u.buffer for u in weight_updates + bias_updates))
 
 
@@ -133,8 +135,10 @@ def check_every_mlp_step_launch_is_the_same_as_kernel_grid():
     for fresh in (True, False):
         step, _ = mlp_step_case(fresh=fresh)
         calls += launches_of(gemm, step) + launches_of(sgd, step)
+    step, _ = mlp_step_case(loss="cross_entropy")
+    calls += launches_of(cross_entropy, step)
     kinds = [launcher.kernel.fn.__name__ for launcher, *_ in calls]
-    assert kinds == (["_matmul_kernel"] * 5 + ["_sgd_kernel"]) * 2, kinds
+    assert kinds == (["_matmul_kernel"] * 5 + ["_sgd_kernel"]) * 2 + ["_cross_entropy_kernel"], kinds
     for launcher, grid, args, variant in calls:
         assert_same_launch(launcher, grid, args, variant, f"{launcher.kernel} {variant}")
 

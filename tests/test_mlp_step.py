@@ -29,19 +29,27 @@ def eager_twin(model: fusedgrad.nn.MLP) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def eager_step(model, optimizer, x, target, reduction):
+def eager_step(model, optimizer, x, target, reduction, loss="mse"):
     optimizer.zero_grad()
-    loss = F.mse_loss(model(x), target, reduction=reduction)
+    criterion = F.mse_loss if loss == "mse" else F.cross_entropy
+    loss = criterion(model(x), target, reduction=reduction)
     loss.backward()
     optimizer.step()
     return loss.detach()
 
 
+def draw_target(loss, rows, classes, device, dtype=torch.float64):
+    if loss == "mse":
+        return torch.randn(rows, classes, device=device, dtype=dtype)
+    return torch.randint(0, classes, (rows,), device=device)
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("depth", DEPTHS)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_steps_equal_the_eager_loop_in_float64(backend, depth, rule, reduction):
+def test_steps_equal_the_eager_loop_in_float64(backend, depth, rule, reduction, loss):
     device, sizes = BACKENDS[backend], DEPTHS[depth]
     model = fusedgrad.nn.MLP(sizes, bias=depth != 3, device=device, dtype=torch.float64)
     reference = eager_twin(model)
@@ -49,12 +57,12 @@ def test_steps_equal_the_eager_loop_in_float64(backend, depth, rule, reduction):
     reference_optimizer = torch.optim.SGD(reference.parameters(), lr=0.05, **RULES[rule])
     for _ in range(3):
         x = torch.randn(7, sizes[0], device=device, dtype=torch.float64)
-        target = torch.randn(7, sizes[-1], device=device, dtype=torch.float64)
+        target = draw_target(loss, 7, sizes[-1], device)
         with fusedgrad.backend(backend):
-            loss = model.train_step(x, target, optimizer, reduction=reduction)
-        reference_loss = eager_step(reference, reference_optimizer, x.cpu(), target.cpu(), reduction)
-        assert loss.dtype == torch.float64 and loss.shape == ()
-        assert_close(loss, reference_loss, "float64")
+            step_loss = model.train_step(x, target, optimizer, loss=loss, reduction=reduction)
+        reference_loss = eager_step(reference, reference_optimizer, x.cpu(), target.cpu(), reduction, loss)
+        assert step_loss.dtype == torch.float64 and step_loss.shape == ()
+        assert_close(step_loss, reference_loss, "float64")
     for ours, theirs in zip(model.parameters(), reference.parameters()):
         assert_close(ours, theirs, "float64")
     for ours, theirs in zip(optimizer.state_dict()["state"].values(), reference_optimizer.state_dict()["state"].values()):
@@ -62,8 +70,9 @@ def test_steps_equal_the_eager_loop_in_float64(backend, depth, rule, reduction):
     assert len(optimizer.state) == (len(list(model.parameters())) if RULES[rule] and "momentum" in RULES[rule] else 0)
 
 
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-def test_16_and_32_bit_steps_on_triton(dtype):
+def test_16_and_32_bit_steps_on_triton(dtype, loss):
     """One step of each dtype against float64 from the same parameters: the loss (float32 for
     16-bit models) and the parameters after it."""
     device, dtype_ = BACKENDS["triton"], getattr(torch, dtype)
@@ -72,12 +81,13 @@ def test_16_and_32_bit_steps_on_triton(dtype):
     rule = dict(lr=0.5, momentum=0.9, weight_decay=0.01)
     optimizer, reference_optimizer = (torch.optim.SGD(model.parameters(), **rule),
                                       torch.optim.SGD(reference.parameters(), **rule))
-    x, target = torch.randn(16, 16, device=device, dtype=dtype_), torch.randn(16, 8, device=device, dtype=dtype_)
+    x, target = torch.randn(16, 16, device=device, dtype=dtype_), draw_target(loss, 16, 8, device, dtype_)
     with fusedgrad.backend("triton"):
-        loss = model.train_step(x, target, optimizer)
-    reference_loss = eager_step(reference, reference_optimizer, x.double().cpu(), target.double().cpu(), "mean")
-    assert loss.dtype == torch.float32
-    assert_close(loss, reference_loss, dtype)
+        step_loss = model.train_step(x, target, optimizer, loss=loss)
+    reference_target = target.double().cpu() if loss == "mse" else target.cpu()
+    reference_loss = eager_step(reference, reference_optimizer, x.double().cpu(), reference_target, "mean", loss)
+    assert step_loss.dtype == torch.float32
+    assert_close(step_loss, reference_loss, dtype)
     for ours, theirs in zip(model.parameters(), reference.parameters()):
         assert ours.dtype == dtype_
         # Three times a product's bound: a step also rounds each layer's gradient and the
@@ -177,6 +187,22 @@ def test_versions_bumped_and_compile_runs_it_eagerly(backend):
     assert all(optimizer.state[p]["momentum_buffer"]._version > 0 for p in model.parameters())
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_class_out_of_range_gives_nan(backend):
+    """A class index outside [0, C) (torch's ignore_index -100 among them: not supported) makes
+    the loss and the step NaN, on the device as on the CPU: never a silent finite answer."""
+    device = BACKENDS[backend]
+    model = fusedgrad.nn.MLP([5, 4, 3], device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(4, 5, device=device)
+    with fusedgrad.backend(backend):
+        loss = model.train_step(x, torch.tensor([0, 2, 3, 1], device=device), optimizer, loss="cross_entropy")
+        assert loss.isnan()
+        assert model[-1].weight.isnan().any()
+        loss = model.train_step(x, torch.tensor([0, -100, 1, 1], device=device), optimizer, loss="cross_entropy")
+        assert loss.isnan()
+
+
 def test_refusals_change_nothing():
     model = fusedgrad.nn.MLP([5, 4, 3])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -192,6 +218,8 @@ def test_refusals_change_nothing():
         ((x.double(), target, optimizer), {}, ValueError, "x must be"),
         ((x[:, :4], target, optimizer), {}, ValueError, "features"),
         ((x[:0], target[:0], optimizer), {}, ValueError, "empty"),
+        ((x, target, optimizer), dict(loss="cross_entropy"), ValueError, "class indices"),
+        ((x, torch.zeros(6, dtype=torch.int32), optimizer), dict(loss="cross_entropy"), ValueError, "int64"),
     ]
     for args, kwargs, error, match in cases:
         with pytest.raises(error, match=match):
