@@ -1,4 +1,4 @@
-"""`python -m fusedgrad`: train the tutorial's two-layer network and report the speed."""
+"""`python -m fusedgrad`: train the tutorial's two-layer network (or an MLP) and report the speed."""
 
 from __future__ import annotations
 
@@ -55,6 +55,26 @@ def _seed(text: str) -> int:
     return value
 
 
+def _layers(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes separated by commas (1000,100,10), got {text!r}") from None
+    if len(sizes) < 2 or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"expected at least two sizes, each > 0, got {text!r}")
+    return sizes
+
+
+def _momentum(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a float, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be finite and >= 0, got {text}")
+    return value
+
+
 def _device(text: str) -> str:
     if text == "auto":
         return text
@@ -95,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "the tape; auto: step")
     parser.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=defaults.cuda_graph,
                         help="replay the fused step from a CUDA graph (default: on with CUDA in step mode)")
+    parser.add_argument("--layers", type=_layers, default=None, metavar="SIZES",
+                        help="train an MLP of these sizes, input first (1000,100,10 is the tutorial's net "
+                             "in nn.Linear's layout) instead of the tutorial's network; so do --bias, "
+                             "--momentum and --loss (sizes from --d-in --hidden --d-out)")
+    parser.add_argument("--bias", action="store_true", help="MLP layers with biases")
+    parser.add_argument("--momentum", type=_momentum, default=defaults.momentum, help="SGD momentum")
+    parser.add_argument("--loss", choices=("mse", "cross_entropy"), default=defaults.loss,
+                        help="summed squared error, or summed cross-entropy over random class indices")
     parser.add_argument("--json", metavar="PATH",
                         help="also write the run (config, losses, timing, environment) as JSON")
     return parser
@@ -112,11 +140,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     except ValueError as error:
         parser.error(str(error))
     config = TrainConfig(**{field: getattr(args, field) for field in TrainConfig.__dataclass_fields__})
-    largest = max(config.batch * config.d_in, config.batch * config.d_out, config.d_in * config.hidden,
-                  config.hidden * config.d_out, config.batch * config.hidden)
+    sizes = config.sizes
+    largest = max(max(config.batch * size for size in sizes), max(a * b for a, b in zip(sizes, sizes[1:])))
     if largest >= 2**60:  # its size in bytes would not fit in an int64
-        parser.error(f"sizes too large: --batch {config.batch} --d-in {config.d_in} --hidden {config.hidden} "
-                     f"--d-out {config.d_out} make a tensor of {largest} elements")
+        parser.error(f"sizes too large: {_sizes_named(config)} make a tensor of {largest} elements")
     try:
         check_lr(config.lr, "--lr", dtype=DTYPES[config.dtype])  # the range the step will apply it in
     except ValueError as error:
@@ -134,6 +161,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         if device.type == "cpu":
             use_triton_interpreter()  # Triton kernels on CPU tensors run interpreted
     return config, args
+
+
+def _sizes_named(config: TrainConfig) -> str:
+    if config.layers is not None:
+        return f"--batch {config.batch} --layers {','.join(map(str, config.layers))}"
+    return f"--batch {config.batch} --d-in {config.d_in} --hidden {config.hidden} --d-out {config.d_out}"
 
 
 def _check_destination(parser: argparse.ArgumentParser, path: str) -> None:
@@ -161,9 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, MemoryError) as error:
         if not _out_of_memory(error):
             raise
-        print(f"{build_parser().prog}: error: out of memory for --batch {config.batch} --d-in {config.d_in} "
-              f"--hidden {config.hidden} --d-out {config.d_out} ({config.dtype} on {resolve_device(config.device)})",
-              file=sys.stderr)
+        print(f"{build_parser().prog}: error: out of memory for {_sizes_named(config)} ({config.dtype} on "
+              f"{resolve_device(config.device)})", file=sys.stderr)
         return 2
     summary = (f"Summary: device {result.device} | backend {result.backend} | mode {result.mode} | dtype {config.dtype} | "
                f"{result.steps} steps in {result.seconds:.3f} s | {result.steps_per_second:.1f} steps/s "

@@ -45,7 +45,20 @@ class TrainConfig:
     backend: str = "auto"
     reference: bool = False
     mode: str = "auto"               # "auto" is "step"
-    cuda_graph: bool | None = None   # None: on CUDA in step mode
+    cuda_graph: bool | None = None   # None: on CUDA in step mode (the tutorial's network)
+    # An MLP instead of the tutorial's network (`fusedgrad.train_mlp`) when any of these is set.
+    layers: tuple[int, ...] | None = None  # sizes, input first; None: (d_in, hidden, d_out)
+    bias: bool = False
+    momentum: float = 0.0
+    loss: str = "mse"                # or "cross_entropy" (targets: class indices); summed, as the tutorial's
+
+    @property
+    def is_mlp(self) -> bool:
+        return self.layers is not None or self.bias or self.momentum != 0 or self.loss != "mse"
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return self.layers if self.layers is not None else (self.d_in, self.hidden, self.d_out)
 
 
 @dataclasses.dataclass
@@ -56,8 +69,9 @@ class TrainResult:
     device: str
     backend: str
     mode: str
-    w1: torch.Tensor
-    w2: torch.Tensor
+    w1: torch.Tensor | None  # the tutorial's weights (None for an MLP run)
+    w2: torch.Tensor | None
+    parameters: list[torch.Tensor] = dataclasses.field(default_factory=list)  # an MLP run's, in order
 
     @property
     def steps_per_second(self) -> float:
@@ -110,6 +124,10 @@ def resolve_mode(config: TrainConfig, device: torch.device) -> tuple[str, bool]:
     if config.reference:
         return "reference", False
     mode = "step" if config.mode == "auto" else config.mode
+    if config.is_mlp:
+        if config.cuda_graph:
+            raise ValueError("an MLP run (--layers, --bias, --momentum, --loss) does not replay a CUDA graph")
+        return mode, False
     cuda_graph = config.cuda_graph if config.cuda_graph is not None else (device.type == "cuda" and mode == "step")
     if cuda_graph and (device.type != "cuda" or mode != "step"):
         raise ValueError("a CUDA graph needs a CUDA device and mode 'step'")
@@ -148,9 +166,12 @@ def should_print(step: int) -> bool:
 
 
 def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
-    """Run the tutorial loop; `log` gets the progress lines. One warm-up step on copies of the
+    """Run the tutorial loop (or an MLP's, `train_mlp`); `log` gets the progress lines. One warm-up step on copies of the
     weights (kernel compilation, allocator warm-up; for a CUDA graph also the capture) runs
     before the clock starts."""
+    if config.is_mlp:
+        from .train_mlp import train_mlp
+        return train_mlp(config, log)
     device = resolve_device(config.device)
     dtype = DTYPES[config.dtype]
     x, y, w1, w2 = make_problem(config, device, dtype)
@@ -161,21 +182,27 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
         warm_w1, warm_w2 = (w.detach().clone().requires_grad_() for w in (w1, w2))
         make_step(mode, False, x, y, warm_w1, warm_w2, config.lr)()
         step = make_step(mode, cuda_graph, x, y, w1, w2, config.lr)
-        _synchronize(device)
-
-        losses: dict[int, float] = {}
-        start = time.perf_counter()
-        for number in range(1, config.steps + 1):
-            loss = step()
-            if should_print(number):
-                losses[number] = loss.item()
-                log(f"Step: {number} : {losses[number]}")
-        _synchronize(device)
-        seconds = time.perf_counter() - start
+        losses, seconds = run_steps(step, config.steps, device, log)
 
     return TrainResult(losses=losses, steps=config.steps, seconds=seconds, device=describe_device(device),
                        backend=backend, mode=mode + (" + cuda graph" if cuda_graph else ""),
                        w1=w1.detach(), w2=w2.detach())
+
+
+def run_steps(step: Callable[[], torch.Tensor], steps: int, device: torch.device,
+              log: Callable[[str], None]) -> tuple[dict[int, float], float]:
+    """(losses of the steps that print, seconds) of `steps` calls of `step`, timed from an idle
+    device to an idle device."""
+    _synchronize(device)
+    losses: dict[int, float] = {}
+    start = time.perf_counter()
+    for number in range(1, steps + 1):
+        loss = step()
+        if should_print(number):
+            losses[number] = loss.item()
+            log(f"Step: {number} : {losses[number]}")
+    _synchronize(device)
+    return losses, time.perf_counter() - start
 
 
 def describe_device(device: torch.device) -> str:

@@ -78,6 +78,14 @@ def test_cli_reference_mode(capsys):
     (["--d-out", str(10**19)], "sizes too large: "),
     (["--batch", str(10**400)], "sizes too large: "),
     (["--lr", "1e300"], "--lr: lr must be finite in float32"),
+    (["--layers", "10"], "--layers: expected at least two sizes"),
+    (["--layers", "10,x"], "--layers: expected sizes separated by commas"),
+    (["--layers", "10,0,3"], "each > 0"),
+    (["--layers", f"10,{10**20}"], "sizes too large: --batch 64 --layers 10,"),
+    (["--momentum", "-0.5"], "--momentum: must be finite and >= 0"),
+    (["--momentum", "nan"], "--momentum: must be finite"),
+    (["--loss", "l1"], "invalid choice: 'l1'"),
+    (["--bias", "--cuda-graph"], "does not replay a CUDA graph"),
 ])
 def test_cli_rejects_bad_flags(flags, message, capsys):
     """One line on stderr, exit code 2, before any training step."""
@@ -169,3 +177,28 @@ def test_summary_names_the_gemm_backend_of_the_autograd_mode():
         with torch_fp32_setting("tf32"):
             assert describe_backend("autograd", x) == "triton"
     assert describe_backend("reference", x) == "reference (eager PyTorch)"
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_mlp_runs_agree_across_modes_and_backends(loss):
+    """--layers --bias --momentum --loss: the fused step, the autograd loop on fusedgrad's
+    layers (ATen and Triton interpreted) and the eager nn.Sequential loop give the same losses."""
+    base = dict(steps=6, batch=8, layers=(12, 16, 8, 4), bias=True, momentum=0.9, loss=loss, lr=1e-2,
+                device="cpu")
+    reference = train(TrainConfig(**base, reference=True), log=lambda line: None)
+    runs = [train(TrainConfig(**base, mode=mode, backend=backend), log=lambda line: None)
+            for mode, backend in (("step", "aten"), ("autograd", "aten"), ("step", "triton"))]
+    assert reference.mode == "reference" and runs[0].mode == "step"
+    for run in runs:
+        assert run.losses.keys() == reference.losses.keys()
+        for step, value in reference.losses.items():
+            assert run.losses[step] == pytest.approx(value, rel=1e-4)
+        for ours, theirs in zip(run.parameters, reference.parameters):
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_cli_mlp_flags(capsys):
+    assert main(["--device", "cpu", "--steps", "2", "--layers", "20,8,3", "--bias", "--momentum", "0.5",
+                 "--loss", "cross_entropy"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Step: 1 : ") and "mode step" in out
