@@ -6,15 +6,16 @@
 #   launch   kernels and host launch calls per step, by mode             launch_count.json
 #   kernels  bench/kernels.py --quick, autotuned in bf16                  kernels.json
 #   bench    bench/run.py --quick                                         bench_quick.json/.png
+#   mlp      bench/mlp.py: width 1024, 4 layers, bf16 and tf32           mlp.json
 # The file names are those bench/summarize.py reads. All stages together exceed one 10-minute
 # call (kernels and bench compile and time the most): split them, e.g. STAGES="tests train
-# launch" then STAGES="kernels" on the same warm machine, and "bench" if device time remains.
+# launch" then STAGES="kernels" on the same warm machine, and "bench mlp" if device time remains.
 # GIT_COMMIT names the commit in every JSON's environment (bench/common.py) where the copy of
 # the checkout has no .git to ask.
 # Usage: GIT_COMMIT=$(git rev-parse HEAD) STAGES="tests kernels" bash bench/gpu_check.sh OUT_DIR
 set -uo pipefail
 out=${1:?usage: gpu_check.sh OUT_DIR}
-stages=" ${STAGES:-tests train launch kernels bench} "
+stages=" ${STAGES:-tests train launch kernels bench mlp} "
 exit_status=0  # 1 when a test file fails; the other stages report in their own output
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -72,5 +73,8 @@ fi
 if [[ $stages == *" bench "* ]]; then
   # two compiled rows per variant family and size, each compiled in a child process: room for them
   timeout 240 python3 bench/run.py --quick --json "$out/bench_quick.json" --plot "$out/bench_quick.png"
+fi
+if [[ $stages == *" mlp "* ]]; then
+  timeout 300 python3 bench/mlp.py --json "$out/mlp.json"
 fi
 exit $exit_status

@@ -428,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
         return child_main(argv[1])
+    if argv[:1] == ["--mlp"]:  # the MLP rows: bench/mlp.py and its flags
+        import mlp
+        return mlp.main(argv[1:])
     parser = common.parser(__doc__, None)
     parser.add_argument("--quick", action="store_true", help="tutorial ieee and 4096^4 bf16 only")
     parser.add_argument("--sizes", type=parse_size, nargs="+", help="NxD_INxHxD_OUT, e.g. 64x1000x100x10")

@@ -228,3 +228,18 @@ def test_saved_for_backward_bytes_per_backend(backend):
         with_data = bench.saved_for_backward_bytes(step, ())
     data = {"triton": 8 * 16 + 8 * 4, "aten": 8 * 16 + 8 * 4 + 8 * 4}[backend]
     assert with_data == 4 * (8 * 8 + 8 * 4 + data)
+
+
+def test_mlp_rows_at_tiny_size(tmp_path):
+    """bench/run.py --mlp (bench/mlp.py --quick): every variant times, trains alike and is compared."""
+    out = tmp_path / "mlp.json"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = subprocess.run([sys.executable, str(BENCH / "run.py"), "--mlp", "--quick", "--device", device,
+                             "--variants", "eager", "fusedgrad autograd", "fusedgrad step", "--json", str(out)],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = {row["variant"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"eager", "fusedgrad autograd", "fusedgrad step"}
+    for row in rows.values():
+        assert row["us_per_step"] > 0 and row["rel_error_vs_eager"] < 1e-4
+    assert "| fusedgrad step |" in result.stdout
