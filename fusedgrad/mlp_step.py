@@ -13,6 +13,8 @@ math in ATen, which is also the test oracle's twin.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from . import dispatch, library, settings
@@ -136,46 +138,155 @@ def _describe(t) -> str:
     return f"{tuple(t.shape)} {t.dtype} on {t.device}"
 
 
-@torch._disable_dynamo  # torch.compile runs the step as it is (`torch.compiler.disable`, imported on first call)
-def mlp_train_step(model, x: torch.Tensor, target: torch.Tensor, optimizer, loss: str = "mse",
-                   reduction: str = "mean") -> torch.Tensor:
-    """`model.train_step`: one step of `optimizer` on `loss(model(x), target)`; see `MLP.train_step`."""
+class _Step(NamedTuple):
+    """One step's checked arguments, as the kernels and the reference take them."""
+
+    x: torch.Tensor
+    target: torch.Tensor
+    weights: list
+    biases: list
+    weight_updates: list
+    bias_updates: list
+    loss: str
+    reduction: str
+    loss_dtype: torch.dtype
+    params: list  # the model's parameters, weight then bias per layer
+
+    def updates(self) -> list:
+        """The parameters' updates, in `params` order."""
+        return [u for pair in zip(self.weight_updates, self.bias_updates) for u in pair if u is not None]
+
+
+def _prepare(where: str, model, x, target, optimizer, loss: str, reduction: str) -> _Step:
+    """Check everything and gather the step's arguments, before anything is written."""
     if loss not in LOSSES:
-        raise ValueError(f"MLP.train_step: loss must be one of {', '.join(map(repr, LOSSES))}, got {loss!r}")
+        raise ValueError(f"{where}: loss must be one of {', '.join(map(repr, LOSSES))}, got {loss!r}")
     if reduction not in REDUCTIONS:
-        raise ValueError(f"MLP.train_step: reduction must be 'mean' or 'sum' (a step needs a scalar loss), "
-                         f"got {reduction!r}")
+        raise ValueError(f"{where}: reduction must be 'mean' or 'sum' (a step needs a scalar loss), got {reduction!r}")
     weights = [layer.weight for layer in model]
     biases = [layer.bias for layer in model]
     _check_data(x, target, weights, loss)
     params = [p for layer in zip(weights, biases) for p in layer if p is not None]
     if any(p.dtype != x.dtype or p.device != x.device for p in params):
-        raise ValueError(f"MLP.train_step: every parameter must be {x.dtype} on {x.device}, got "
+        raise ValueError(f"{where}: every parameter must be {x.dtype} on {x.device}, got "
                          f"{[_describe(p) for p in params]}")
     updates = iter(_updates(optimizer, params))
     weight_updates, bias_updates = [], []
     for bias in biases:
         weight_updates.append(next(updates))
         bias_updates.append(None if bias is None else next(updates))
-    # x is read while the first layer's weight is written: read it from a copy if they meet.
-    if any(share_memory(x, p) for p in params):
+    # x is read while the first layer's weight (and its buffer) is written: read from a copy if they meet.
+    written = params + [u.buffer for u in weight_updates + bias_updates if u is not None and u.buffer is not None]
+    if any(share_memory(x, t) for t in written):
         x = x.clone()
     loss_dtype = accumulator_dtype(x.dtype)  # a 16-bit sum would overflow
     if loss == "mse":
         loss_dtype = torch.promote_types(loss_dtype, target.dtype)
-    detached_weights = [w.detach() for w in weights]
-    detached_biases = [None if b is None else b.detach() for b in biases]
-    if dispatch.resolve(x) == "triton":
-        result = dispatch.load_kernels().mlp_sgd_step(x, target, detached_weights, detached_biases, weight_updates,
-                                                      bias_updates, loss, reduction, loss_dtype,
-                                                      settings.kernel_fp32_precision(), settings.tuner())
-    else:
-        with torch.autocast(x.device.type, enabled=False):
-            result = mlp_step_reference(x, target, detached_weights, detached_biases, weight_updates, bias_updates,
-                                        loss, reduction, loss_dtype)
-    written = params + [u.buffer for u in weight_updates + bias_updates if u is not None and u.buffer is not None]
-    library.bump_versions(*written)
-    for param, update in zip(params, [u for pair in zip(weight_updates, bias_updates) for u in pair if u is not None]):
+    return _Step(x, target, [w.detach() for w in weights], [None if b is None else b.detach() for b in biases],
+                 weight_updates, bias_updates, loss, reduction, loss_dtype, params)
+
+
+def _run(step: _Step) -> torch.Tensor:
+    """The step on the backend in force: the Triton launches, or the ATen reference."""
+    if dispatch.resolve(step.x) == "triton":
+        return dispatch.load_kernels().mlp_sgd_step(*step[:9], settings.kernel_fp32_precision(), settings.tuner())
+    with torch.autocast(step.x.device.type, enabled=False):
+        return mlp_step_reference(*step[:9])
+
+
+def _finish(step: _Step, optimizer) -> None:
+    """After the update: versions bumped, new momentum buffers kept in the optimizer's state."""
+    updates = step.updates()
+    library.bump_versions(*step.params, *(u.buffer for u in updates if u.buffer is not None))
+    for param, update in zip(step.params, updates):
         if update.buffer is not None:
             optimizer.state[param]["momentum_buffer"] = update.buffer
+
+
+@torch._disable_dynamo  # torch.compile runs the step as it is (`torch.compiler.disable`, imported on first call)
+def mlp_train_step(model, x: torch.Tensor, target: torch.Tensor, optimizer, loss: str = "mse",
+                   reduction: str = "mean") -> torch.Tensor:
+    """`model.train_step`: one step of `optimizer` on `loss(model(x), target)`; see `MLP.train_step`."""
+    step = _prepare("MLP.train_step", model, x, target, optimizer, loss, reduction)
+    result = _run(step)
+    _finish(step, optimizer)
     return result
+
+
+def _settings(optimizer, params) -> list:
+    """What a captured step baked in, per parameter: its group's rate (a float; a tensor rate is
+    read on replay) and rule, and the group itself."""
+    groups = _optimizer_groups(optimizer)
+    found = []
+    for param in params:
+        group = groups.get(id(param), (None, None, {}))[2]
+        rate = group.get("lr")
+        found.append((id(group), None if isinstance(rate, torch.Tensor) else rate,
+                      id(rate) if isinstance(rate, torch.Tensor) else None,
+                      tuple(group.get(key) for key in ("momentum", "dampening", "weight_decay", "nesterov", "maximize"))))
+    return found
+
+
+class MLPGraphStep:
+    """`MLP.train_step(x, target, optimizer, loss, reduction)` captured in a CUDA graph.
+
+    Inputs are static buffers: copy new data into `.x` and `.target` before `replay()`, which
+    runs one step and returns the static 0-d loss, overwritten by each replay. A tensor `lr` in
+    a group is read on every replay; numbers and the other settings are captured, so a replay
+    after a group's settings change raises instead of running stale ones. Momentum buffers
+    that do not exist yet are allocated now and enter the optimizer's state on the first
+    replay, which replays a capture of the buffers' first step (written, not read); later
+    replays replay the capture of a later step. Kernels compile in warm-up steps on copies.
+    """
+
+    def __init__(self, model, x: torch.Tensor, target: torch.Tensor, optimizer, loss: str = "mse",
+                 reduction: str = "mean"):
+        if not isinstance(x, torch.Tensor) or not x.is_cuda:
+            raise ValueError(f"MLP.cuda_graph_step needs CUDA tensors, got x {_describe(x)}")
+        self.x, self.target = x.detach().clone(), target.detach().clone()
+        step = _prepare("MLP.cuda_graph_step", model, self.x, self.target, optimizer, loss, reduction)
+        if dispatch.resolve(self.x) != "triton":
+            raise ValueError(f"MLP.cuda_graph_step: the backend in force runs {self.x.dtype} on ATen, which is not "
+                             f"captured here; use backend 'triton'")
+        self.optimizer, self.params = optimizer, step.params
+        self.settings = _settings(optimizer, step.params)
+        self._pending = any(u.fresh for u in step.updates())  # buffers to enter the state at the first replay
+        self.graphs = [self._capture(step)]
+        if self._pending:  # the same step with the buffers now written: every later replay
+            later = step._replace(weight_updates=[u._replace(fresh=False) for u in step.weight_updates],
+                                  bias_updates=[None if u is None else u._replace(fresh=False)
+                                                for u in step.bias_updates])
+            self.graphs.append(self._capture(later))
+        self._step = step
+
+    def _capture(self, step: _Step):
+        """(graph, static loss) of `step`, after a warm-up run on copies of what it writes."""
+        copies = {id(t): t.clone() for t in step.params + [u.buffer for u in step.updates() if u.buffer is not None]}
+        copy = lambda t: None if t is None else copies[id(t)]
+        warm = step._replace(
+            weights=[copy(w) for w in step.weights], biases=[copy(b) for b in step.biases],
+            weight_updates=[u._replace(buffer=copy(u.buffer)) for u in step.weight_updates],
+            bias_updates=[None if u is None else u._replace(buffer=copy(u.buffer)) for u in step.bias_updates])
+        device = self.x.device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side), torch.no_grad():
+            _run(warm)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph):
+            loss = _run(step)
+        return graph, loss
+
+    def replay(self) -> torch.Tensor:
+        if _settings(self.optimizer, self.params) != self.settings:
+            raise RuntimeError("MLP.cuda_graph_step: the optimizer's groups changed since the capture (a rate, a "
+                               "setting or which group holds a parameter); capture a new step")
+        graph, loss = self.graphs[-1] if not self._pending else self.graphs[0]
+        graph.replay()
+        if self._pending:
+            _finish(self._step, self.optimizer)
+            self._pending = False
+        else:
+            library.bump_versions(*self.params)
+        return loss

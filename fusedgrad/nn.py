@@ -10,7 +10,7 @@ from torch import nn
 
 from .linear import ACTIVATIONS, linear
 from .matmul import mm, mm_relu
-from .mlp_step import mlp_train_step
+from .mlp_step import MLPGraphStep, mlp_train_step
 from .step import CUDAGraphStep, train_step
 
 
@@ -63,6 +63,12 @@ class MLP(nn.Sequential):
         would overflow; float64 for float64 models or targets), without a host sync. On CUDA: 3L - 1 GEMM launches for L layers and
         one for the biases, each update in its weight-gradient GEMM's epilogue."""
         return mlp_train_step(self, x, target, optimizer, loss, reduction)
+
+    def cuda_graph_step(self, x: torch.Tensor, target: torch.Tensor, optimizer, loss: str = "mse",
+                        reduction: str = "mean") -> MLPGraphStep:
+        """Capture `train_step` in a CUDA graph (CUDA tensors, Triton backend): `.replay()` then
+        runs one step per graph launch; new data goes into `.x` and `.target`."""
+        return MLPGraphStep(self, x, target, optimizer, loss, reduction)
 
     def __getitem__(self, index):
         """A layer, or for a slice an `nn.Sequential` of those layers (a slice of an MLP need not

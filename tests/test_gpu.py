@@ -363,3 +363,75 @@ def test_reduce_overhead_compile_replays_fusedgrad_kernels_in_cuda_graphs():
     assert any("cudaGraphLaunch" in name for name in names)
     for ours, theirs in losses:
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=0)
+
+
+def _mlp_problem(dtype, loss="mse", bias=True, sizes=(256, 512, 512, 64)):
+    torch.manual_seed(0)
+    model = fusedgrad.nn.MLP(list(sizes), bias=bias, device="cuda", dtype=dtype)
+    x = torch.randn(128, sizes[0], device="cuda", dtype=dtype)
+    target = (torch.randn(128, sizes[-1], device="cuda", dtype=dtype) if loss == "mse"
+              else torch.randint(0, sizes[-1], (128,), device="cuda"))
+    return model, x, target
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+@pytest.mark.parametrize("dtype, precision", [(torch.float32, "float32"), (torch.bfloat16, "bfloat16")])
+def test_mlp_step_matches_the_eager_loop_on_gpu(dtype, precision, loss):
+    """Three fused MLP steps (bias, momentum, Nesterov, weight decay) against float64 nn.Sequential
+    + torch.optim.SGD from the same parameters; the loss before each update."""
+    from test_mlp_step import eager_step, eager_twin
+    model, x, target = _mlp_problem(dtype, loss)
+    reference = eager_twin(model)
+    rule = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)
+    optimizer = torch.optim.SGD(model.parameters(), **rule)
+    reference_optimizer = torch.optim.SGD(reference.parameters(), **rule)
+    for _ in range(3):
+        with fusedgrad.backend("triton"):
+            step_loss = model.train_step(x, target, optimizer, loss=loss)
+        reference_target = target.double().cpu() if loss == "mse" else target.cpu()
+        reference_loss = eager_step(reference, reference_optimizer, x.double().cpu(), reference_target, "mean", loss)
+        assert_close(step_loss, reference_loss, precision)
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        assert_close(ours, theirs, precision, scale=3 * theirs.norm().item())
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_mlp_graph_replay_equals_eager_steps_bitwise(momentum):
+    """MLP.cuda_graph_step: replays (the first one a buffer's first step) give the same loss,
+    parameters and momentum buffers, bit for bit, as un-graphed steps on a twin; a changed rate
+    is refused."""
+    model, x, target = _mlp_problem(torch.bfloat16)
+    twin, _, _ = _mlp_problem(torch.bfloat16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=momentum)
+    twin_optimizer = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=momentum)
+    with fusedgrad.backend("triton"):
+        graph_step = model.cuda_graph_step(x, target, optimizer)
+        for _ in range(3):
+            loss = graph_step.replay()
+            twin_loss = twin.train_step(x, target, twin_optimizer)
+            assert torch.equal(loss, twin_loss)
+    for ours, theirs in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(ours, theirs)
+        if momentum:
+            assert torch.equal(optimizer.state[ours]["momentum_buffer"], twin_optimizer.state[theirs]["momentum_buffer"])
+    optimizer.param_groups[0]["lr"] = 0.02
+    with pytest.raises(RuntimeError, match="groups changed"):
+        graph_step.replay()
+
+
+def test_mlp_step_launch_count(monkeypatch):
+    """3L - 1 GEMM launches and one bias launch for L layers, nothing read back to the host."""
+    kernels = fusedgrad.dispatch.load_kernels()
+    launches = []
+    for module, name in ((kernels.gemm, "launch"), (kernels.sgd, "sgd_step_unchecked")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, original=original, name=name, **k:
+                            launches.append(name) or original(*a, **k))
+    model, x, target = _mlp_problem(torch.bfloat16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    with fusedgrad.backend("triton"):
+        model.train_step(x, target, optimizer)  # the buffers' first step
+        assert launches == ["launch"] * (3 * len(model) - 1) + ["sgd_step_unchecked"]
+        names = count_gpu_work(lambda: model.train_step(x, target, optimizer))
+    assert len(names) == 3 * len(model), names  # the GPU runs those kernels and nothing else
+    assert sum("_matmul_kernel" in name for name in names) == 3 * len(model) - 1, names

@@ -203,6 +203,12 @@ def test_a_class_out_of_range_gives_nan(backend):
         assert loss.isnan()
 
 
+def test_cuda_graph_step_needs_cuda_tensors():
+    model = fusedgrad.nn.MLP([5, 3])
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        model.cuda_graph_step(torch.randn(4, 5), torch.randn(4, 3), torch.optim.SGD(model.parameters(), lr=0.1))
+
+
 def test_refusals_change_nothing():
     model = fusedgrad.nn.MLP([5, 4, 3])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
