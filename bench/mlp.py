@@ -20,27 +20,17 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402
 import run  # noqa: E402  (time_variant: the tutorial benchmark's timing)
 
 import fusedgrad  # noqa: E402
+from fusedgrad.train_mlp import eager_twin  # noqa: E402
 
 VARIANTS = ("eager", "compile", "fusedgrad autograd", "fusedgrad step")
 PRECISIONS = ("bf16", "tf32", "ieee")
 MOMENTUM, LR = 0.9, 1e-3
-
-
-def eager_twin(model: fusedgrad.nn.MLP) -> nn.Sequential:
-    layers = []
-    for index, layer in enumerate(model):
-        twin = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None,
-                         device=layer.weight.device, dtype=layer.weight.dtype)
-        twin.load_state_dict(layer.state_dict())
-        layers += [twin] + ([nn.ReLU()] if index < len(model) - 1 else [])
-    return nn.Sequential(*layers)
 
 
 def build(variant: str, model: fusedgrad.nn.MLP, x: torch.Tensor, target: torch.Tensor):

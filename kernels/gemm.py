@@ -1,5 +1,5 @@
 """One tiled GEMM kernel, with constexpr prologue and epilogue options, for every matrix product
-of the two-layer network: the autograd ops' forward and backward, and the fused training step.
+fusedgrad runs: the autograd ops' forward and backward, linear's, and the fused training steps.
 
     forward           out    = relu(a @ b)                     EPILOGUE "relu"
     backward (a)      grad_a = relu'(out) * grad_out @ b.T      MASK_OPERAND A (grad_out)
@@ -7,7 +7,11 @@ of the two-layer network: the autograd ops' forward and backward, and the fused 
                       grad_b.T = relu'(out.T) * grad_out.T @ a   MASK_OPERAND A (grad_out.T)
     fused step        grad_y = 2 (h @ w2 - y), loss partials    EPILOGUE "squared_error"
                       grad_h = relu'(h) * (grad_y @ w2.T)        EPILOGUE "relu_mask"
-                      w -= lr * (a.T @ grad)                     EPILOGUE "sgd" (no C written)
+                      w <- SGD(w, a.T @ grad)                    EPILOGUE "sgd" (no C written; a
+                                                                 momentum buffer read and written)
+    linear            out = relu(x @ W.T + bias)                 `bias` added before the epilogue
+                      grad_W = grad_pre.T @ x, grad_b = its     `row_sums` of A (grad_pre.T) over K
+                      rows' sums, in one launch
 
 where relu'(out) is 0 where `out <= 0` and 1 elsewhere (torch's threshold_backward: a NaN
 output lets the gradient through, an exactly-zero pre-activation does not).

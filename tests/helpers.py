@@ -103,3 +103,14 @@ def record_grids(monkeypatch, launcher) -> list:
 
     monkeypatch.setattr(launcher, "kernel", RecordingGrid())
     return grids
+
+
+def torch_mlp_twin(model) -> torch.nn.Sequential:
+    """nn.Sequential(nn.Linear, nn.ReLU, ..., nn.Linear) in float64 on the CPU with the
+    parameters of `model` (a fusedgrad.nn.MLP): the eager oracle of the MLP tests."""
+    layers = []
+    for index, layer in enumerate(model):
+        twin = torch.nn.Linear(layer.in_features, layer.out_features, layer.bias is not None, dtype=torch.float64)
+        twin.load_state_dict({name: t.detach().double().cpu() for name, t in layer.state_dict().items()})
+        layers += [twin] + ([torch.nn.ReLU()] if index < len(model) - 1 else [])
+    return torch.nn.Sequential(*layers)

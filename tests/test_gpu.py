@@ -11,7 +11,7 @@ import torch
 
 import fusedgrad
 from fusedgrad.train import TrainConfig, train
-from helpers import assert_close, make_operand, relu_matmul_float64, torch_fp32_setting
+from helpers import assert_close, make_operand, relu_matmul_float64, torch_fp32_setting, torch_mlp_twin
 
 pytestmark = pytest.mark.gpu
 
@@ -379,9 +379,9 @@ def _mlp_problem(dtype, loss="mse", bias=True, sizes=(256, 512, 512, 64)):
 def test_mlp_step_matches_the_eager_loop_on_gpu(dtype, precision, loss):
     """Three fused MLP steps (bias, momentum, Nesterov, weight decay) against float64 nn.Sequential
     + torch.optim.SGD from the same parameters; the loss before each update."""
-    from test_mlp_step import eager_step, eager_twin
+    from test_mlp_step import eager_step
     model, x, target = _mlp_problem(dtype, loss)
-    reference = eager_twin(model)
+    reference = torch_mlp_twin(model)
     rule = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)
     optimizer = torch.optim.SGD(model.parameters(), **rule)
     reference_optimizer = torch.optim.SGD(reference.parameters(), **rule)

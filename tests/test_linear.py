@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fusedgrad
-from helpers import assert_close, kernel_device, make_operand
+from helpers import assert_close, kernel_device, make_operand, torch_mlp_twin
 
 BACKENDS = {"aten": "cpu", "triton": kernel_device()}
 DTYPES = {"aten": ["float64", "float32", "bfloat16"], "triton": ["float64", "float32", "float16", "bfloat16"]}
@@ -298,16 +298,6 @@ def test_linear_module_is_torch_linear():
         fusedgrad.nn.Linear(6, 4, activation="tanh")
 
 
-def torch_mlp_like(model: fusedgrad.nn.MLP) -> nn.Sequential:
-    """nn.Sequential(nn.Linear, nn.ReLU, ..., nn.Linear) in float64 with `model`'s parameters."""
-    layers = []
-    for index, layer in enumerate(model):
-        torch_layer = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None, dtype=torch.float64)
-        torch_layer.load_state_dict({name: t.detach().double() for name, t in layer.state_dict().items()})
-        layers += [torch_layer] + ([nn.ReLU()] if index < len(model) - 1 else [])
-    return nn.Sequential(*layers)
-
-
 @pytest.mark.parametrize("sizes", [[5, 3], [5, 8, 3], [5, 8, 6, 3], [5, 8, 7, 6, 4, 3]], ids=lambda s: f"depth{len(s) - 1}")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_mlp_trains_as_nn_sequential_with_torch_sgd(backend, sizes):
@@ -315,7 +305,7 @@ def test_mlp_trains_as_nn_sequential_with_torch_sgd(backend, sizes):
     Nesterov, weight decay) equal three steps of float64 nn.Sequential with torch.optim.SGD."""
     device = BACKENDS[backend]
     model = fusedgrad.nn.MLP(sizes, device=device)
-    reference = torch_mlp_like(model)
+    reference = torch_mlp_twin(model)
     assert len(model) == len(sizes) - 1 and all(layer.activation == "relu" for layer in list(model)[:-1])
     assert isinstance(model[:1], nn.Sequential) and model[:1][0] is model[0]
     assert model[-1].activation is None

@@ -8,25 +8,14 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import fusedgrad
-from helpers import assert_close, kernel_device
+from helpers import assert_close, kernel_device, torch_mlp_twin as eager_twin
 
 BACKENDS = {"aten": "cpu", "triton": kernel_device()}
 RULES = {"plain": {}, "momentum": dict(momentum=0.9), "nesterov": dict(momentum=0.9, nesterov=True, weight_decay=0.01),
          "dampened": dict(momentum=0.5, dampening=0.3, maximize=True, weight_decay=0.1)}
 DEPTHS = {1: [5, 3], 2: [5, 8, 3], 3: [5, 8, 7, 4], 5: [6, 9, 8, 7, 5, 3]}
-
-
-def eager_twin(model: fusedgrad.nn.MLP) -> nn.Sequential:
-    """nn.Sequential(nn.Linear, nn.ReLU, ..., nn.Linear) in float64 with `model`'s parameters."""
-    layers = []
-    for index, layer in enumerate(model):
-        twin = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None, dtype=torch.float64)
-        twin.load_state_dict({name: t.detach().double() for name, t in layer.state_dict().items()})
-        layers += [twin] + ([nn.ReLU()] if index < len(model) - 1 else [])
-    return nn.Sequential(*layers)
 
 
 def eager_step(model, optimizer, x, target, reduction, loss="mse"):
