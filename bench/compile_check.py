@@ -89,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="print `digest CODE MIX name` for every variant (see `ptx_digests`): equal "
                              "digests before and after a refactor mean the same code, or the same instructions")
     parser.add_argument("--dump-ptx", metavar="DIR", help="write each variant's normalized PTX to DIR/<name>.ptx")
+    parser.add_argument("--shard", metavar="I/N", default="0/1",
+                        help="compile only variants I, I + N, I + 2N, ... (run N processes at once: "
+                             "compiling is CPU-bound and single-threaded)")
     args = parser.parse_args(argv)
+    shard, shards = (int(part) for part in args.shard.split("/"))
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("compile_check.py compiles kernels: unset TRITON_INTERPRET", file=sys.stderr)
         return 2
@@ -118,12 +122,15 @@ def main(argv: list[str] | None = None) -> int:
                            attrs={path: [["tt.divisibility", 16]] for path in aligned})
         return triton_compile(source, target=target, options=options)
 
-    failures, checked = [], 0
+    failures, checked, seen = [], 0, 0
 
     def check(name: str, kernel, constexprs: dict, types, expect_in_ptx: str | None = None,
               options: dict | None = None, report: bool = False, aligned_sizes: bool = False,
               expect_in_ttgir: str | None = None, max_spill_bytes: int | None = None) -> None:
-        nonlocal checked
+        nonlocal checked, seen
+        seen += 1
+        if (seen - 1) % shards != shard:
+            return  # another shard's
         checked += 1
         try:
             compiled = build(kernel, constexprs, types, options or {}, aligned_sizes)
@@ -231,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                   types, "wgmma" if tensor_cores and block == 128 else None)
         # linear: the forward with a bias (and ReLU), the weight gradient with the bias gradient
         # (A's row sums), gated (after a ReLU) or not.
-        for index, (epilogue, mask_operand, extra) in enumerate((
+        for epilogue, mask_operand, extra in (
                 ("none", gemm.NO_MASK, dict(bias=True)), ("relu", gemm.NO_MASK, dict(bias=True)),
                 ("none", gemm.MASK_A, dict(row_sums=True)), ("none", gemm.NO_MASK, dict(row_sums=True)),
                 # the MLP step: the loss after a bias; updates with the bias gradient, every rule
@@ -239,8 +246,10 @@ def main(argv: list[str] | None = None) -> int:
                 ("sgd", gemm.NO_MASK, dict(row_sums=True, lr_from_tensor=False)),
                 ("sgd", gemm.NO_MASK, dict(row_sums=True, momentum=True, fresh=True, lr_from_tensor=False)),
                 ("sgd", gemm.NO_MASK, dict(momentum=True, rule_flags=True, lr_from_tensor=False)),
-                ("sgd", gemm.NO_MASK, dict(row_sums=True, rule_flags=True)))):
-            for block in (16,) if dtype == "fp64" else (16, 128):
+                ("sgd", gemm.NO_MASK, dict(row_sums=True, rule_flags=True))):
+            # one tile each: the large one (wgmma) for 16-bit inputs, else the small one; the plain
+            # epilogues above cover both tiles
+            for block in (128,) if tensor_cores else (16,):
                 check(f"gemm {dtype}/{precision} {epilogue} mask={mask_operand} {block}x{block} linear "
                       f"{' '.join(extra)}", gemm._matmul_kernel,
                       gemm_constexprs(epilogue, mask_operand, precision, block, block, block_k, dtype=dtype, **extra),
