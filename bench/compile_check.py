@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         decay, Nesterov, maximize), their scalars from tensors in fp64."""
         reduce = epilogue == "relu_mask" if reduce is None else reduce
         present = {"c_ptr": epilogue != "sgd", "gate_ptr": mask_operand != gemm.NO_MASK,
-                   "aux_ptr": epilogue in ("relu_mask", "squared_error", "sgd"),
-                   "partials_ptr": epilogue == "squared_error",
+                   "aux_ptr": epilogue in ("relu_mask", "squared_error", "cross_entropy", "sgd"),
+                   "partials_ptr": epilogue in ("squared_error", "cross_entropy"),
                    "reduce_ptr": reduce, "reduce_out_ptr": reduce,
                    "lr_ptr": epilogue == "sgd" and (lr_from_tensor or dtype == "fp64"), "workspace_ptr": split_k > 1, "counter_ptr": split_k > 1,
                    "bias_ptr": bias, "row_sums_ptr": row_sums, "buffer_ptr": momentum,
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("none", gemm.NO_MASK, dict(bias=True)), ("relu", gemm.NO_MASK, dict(bias=True)),
                 ("none", gemm.MASK_A, dict(row_sums=True)), ("none", gemm.NO_MASK, dict(row_sums=True)),
                 # the MLP step: the loss after a bias; updates with the bias gradient, every rule
-                ("squared_error", gemm.NO_MASK, dict(bias=True)),
+                ("squared_error", gemm.NO_MASK, dict(bias=True)), ("cross_entropy", gemm.NO_MASK, dict(bias=True)),
                 ("sgd", gemm.NO_MASK, dict(row_sums=True, lr_from_tensor=False)),
                 ("sgd", gemm.NO_MASK, dict(row_sums=True, momentum=True, fresh=True, lr_from_tensor=False)),
                 ("sgd", gemm.NO_MASK, dict(momentum=True, rule_flags=True, lr_from_tensor=False)),
@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                 check(f"gemm {dtype}/{precision} {epilogue} mask={mask_operand} {block}x{block} linear "
                       f"{' '.join(extra)}", gemm._matmul_kernel,
                       gemm_constexprs(epilogue, mask_operand, precision, block, block, block_k, dtype=dtype, **extra),
-                      types, "wgmma" if tensor_cores and block == 128 else None)
+                      (lambda n, t=types: "*i64" if n == "aux_ptr" else t(n)) if epilogue == "cross_entropy" else types,
+                      "wgmma" if tensor_cores and block == 128 else None)
         # Split-K (partial tiles, an acq_rel tile counter, the epilogue in the last program).
         for epilogue, mask_operand in (("relu", gemm.NO_MASK), ("none", gemm.MASK_B), ("sgd", gemm.NO_MASK)):
             check(f"gemm {dtype}/{precision} {epilogue} mask={mask_operand} 16x16 split-K 4",

@@ -16,7 +16,7 @@ _LAUNCHERS = {"INTERPRETED": "gemm", "matmul": "gemm", "matmul_unchecked": "gemm
               "sgd_step": "sgd", "sgd_step_unchecked": "sgd", "two_layer_sgd_step": "train_step",
               "linear_unchecked": "linear", "weight_and_bias_grad_unchecked": "linear",
               "mlp_sgd_step": "mlp_step"}
-_SUBMODULES = ("gemm", "linear", "mlp_step", "mse_loss", "reduce", "sgd", "train_step", "tuning")
+_SUBMODULES = ("cross_entropy", "gemm", "linear", "mlp_step", "mse_loss", "reduce", "sgd", "train_step", "tuning")
 
 
 def __getattr__(name: str):

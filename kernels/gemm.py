@@ -63,7 +63,7 @@ from .sgd import learning_rate, scalar, scalar_arguments, sgd_update
 
 # Which operand, if any, is multiplied by relu'(gate) as it is loaded.
 NO_MASK, MASK_A, MASK_B = 0, 1, 2
-EPILOGUES = ("none", "relu", "relu_mask", "squared_error", "sgd")
+EPILOGUES = ("none", "relu", "relu_mask", "squared_error", "cross_entropy", "sgd")
 
 
 @triton.jit
@@ -98,8 +98,9 @@ def _matmul_kernel(
     a_ptr, b_ptr,
     c_ptr,          # (M, N) output; None for the "sgd" epilogue, which writes aux in place
     gate_ptr,       # MASK_OPERAND: ReLU output shaped like the gated operand
-    aux_ptr,        # EPILOGUE: C-shaped; ReLU output (relu_mask), target (squared_error), parameter (sgd)
-    partials_ptr,   # squared_error: one partial sum per output tile (in ACC_DTYPE)
+    aux_ptr,        # EPILOGUE: C-shaped; ReLU output (relu_mask), target (squared_error), parameter
+    # (sgd); for cross_entropy the (M,) int64 class indices (stride stride_aux_m)
+    partials_ptr,   # squared_error, cross_entropy: one partial loss per output tile (in ACC_DTYPE)
     reduce_ptr,     # partial sums of an earlier launch, which program 0 folds into reduce_out_ptr
     reduce_out_ptr,
     lr_ptr,         # sgd: the learning rate as a 0-d tensor; None: the scalar `lr`
@@ -121,7 +122,8 @@ def _matmul_kernel(
     stride_bias, stride_row_sums,
     stride_buffer_m, stride_buffer_n,
     # scalars
-    scale,         # squared_error: the gradient is scale * (acc - target)
+    scale,         # squared_error: the gradient is scale * (acc - target); cross_entropy: scale *
+    # (softmax - onehot)
     reduce_scale,  # reduce_out = reduce_scale * sum(reduce)
     lr,            # sgd without lr_ptr
     momentum, keep, weight_decay,  # sgd: torch.optim.SGD's settings (keep = 1 - dampening)
@@ -234,7 +236,7 @@ def _matmul_kernel(
                     acc += tl.load(tile_ws + k_slice * slice_stride, cache_modifier=".cg")
 
         if finish:
-            if aux_ptr is not None:
+            if aux_ptr is not None and EPILOGUE != "cross_entropy":
                 aux_ptrs = aux_ptr + rows_m * stride_aux_m + cols_n * stride_aux_n
             if bias_ptr is not None:
                 bias = tl.load(bias_ptr + offs_n.to(tl.int64) * stride_bias, mask=offs_n < N, other=0.0)
@@ -256,6 +258,21 @@ def _matmul_kernel(
                 diff = tl.where(in_c, acc - tl.load(aux_ptrs, mask=in_c, other=0.0).to(ACC_DTYPE), 0.0)
                 tl.store(partials_ptr + tile, tl.sum(tl.sum(diff * diff, axis=1), axis=0))
                 acc = scale * diff
+            if EPILOGUE == "cross_entropy":
+                # A whole row of logits is in this tile (N <= BLOCK_N, the launcher's promise):
+                # loss = logsumexp(z) - z[t], gradient scale * (softmax(z) - onehot(t)); a class
+                # outside [0, N) makes the row NaN (a kernel cannot raise).
+                in_row = offs_m < M
+                logits = tl.where(offs_n[None, :] < N, acc, float("-inf"))  # rows past M stay finite (0)
+                log_total = tl.max(logits, axis=1)
+                log_total += tl.log(tl.sum(tl.exp(logits - log_total[:, None]), axis=1))
+                target = tl.load(aux_ptr + offs_m.to(tl.int64) * stride_aux_m, mask=in_row, other=0)
+                valid = (target >= 0) & (target < N)
+                is_target = offs_n[None, :] == target[:, None]
+                row_loss = tl.where(valid, log_total - tl.sum(tl.where(is_target, acc, 0.0), axis=1), float("nan"))
+                tl.store(partials_ptr + tile, tl.sum(tl.where(in_row, row_loss, 0.0), axis=0))
+                acc = tl.exp(acc - log_total[:, None]) - tl.where(is_target, 1.0, 0.0)
+                acc = tl.where(valid[:, None], scale * acc, float("nan"))
             if EPILOGUE == "sgd":
                 # The parameter takes torch.optim.SGD's step in place from the gradient a @ b,
                 # which is never stored; the momentum buffer is read and written here too.
@@ -443,7 +460,7 @@ def _enqueue(args: GemmArgs, config: GemmConfig, plan: tuple | None = None) -> N
     (lr_ptr, *scalar_ptrs), floats = _update_scalars(epilogue, lr, rule, buffer, fresh, a.dtype, a.device)
     (stride_am, stride_ak), (stride_bk, stride_bn) = a.stride(), b.stride()
     (stride_cm, stride_cn), (stride_gate_0, stride_gate_1) = _strides(c), _strides(gate)
-    stride_aux_m, stride_aux_n = _strides(aux)
+    stride_aux_m, stride_aux_n = (aux.stride(0), 0) if aux is not None and aux.dim() == 1 else _strides(aux)
     _LAUNCHER(grid, (
         a_operand, b_operand, c, gate_operand, aux, partials, reduce, reduce_out, lr_ptr, workspace, counters,
         bias, row_sums, buffer, *scalar_ptrs,

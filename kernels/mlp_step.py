@@ -5,9 +5,10 @@ the autograd tape. With h_0 = x, layer i of L computing h_i = relu(h_{i-1} @ W_i
     h_i     = relu(h_{i-1} @ W_i.T + b_i)            one GEMM per hidden layer, bias and ReLU epilogue
     grad_L  = scale * (h_{L-1} @ W_L.T + b_L - t)    the last layer's GEMM, squared-error epilogue:
                                                       the prediction is never stored, only its gradient
-       or   = scale * (softmax(z) - onehot(t))        cross-entropy over class indices t: the logits
-                                                      z (last GEMM, bias epilogue), then one launch
-                                                      of `kernels.cross_entropy` over them in place
+       or   = scale * (softmax(z) - onehot(t))        cross-entropy over class indices t, in the last
+                                                      GEMM's epilogue where a row of logits z fits
+                                                      one tile (C <= FUSED_CLASSES); else the logits,
+                                                      then one `kernels.cross_entropy` launch on them
     for i = L .. 1:
       grad_{i-1} = relu'(h_{i-1}) * (grad_i @ W_i)   ReLU-mask epilogue (not for i = 1: x needs none);
                                                       reads W_i before its update
@@ -18,7 +19,8 @@ the autograd tape. With h_0 = x, layer i of L computing h_i = relu(h_{i-1} @ W_i
     b_i   <- SGD(b_i, bias gradient)                 one `kernels.sgd` launch for all biases
                                                       (per rule and rate)
 
-That is 3L - 1 GEMM launches, plus one for the biases (and one for cross-entropy): L forward
+That is 3L - 1 GEMM launches, plus one for the biases (and one for cross-entropy over more
+than FUSED_CLASSES classes): L forward
 products, L weight updates and L - 1 input gradients, each the minimum for its product. The
 loss, sum or mean of the squared errors or the rows' cross-entropies, is folded from per-tile partial sums by the first backward launch (fixed order,
 no atomics: deterministic) and is the loss before the update. Nothing reads back to the host.
@@ -36,7 +38,10 @@ import torch
 
 from . import cross_entropy, gemm, sgd, tuning
 from .config import Update
+from .config import GemmConfig
 from .precision import accumulator_dtype
+
+FUSED_CLASSES = 128  # the most classes whose row of logits one output tile holds
 
 
 def mlp_sgd_step(x: torch.Tensor, target: torch.Tensor, weights: list[torch.Tensor],
@@ -53,12 +58,15 @@ def mlp_sgd_step(x: torch.Tensor, target: torch.Tensor, weights: list[torch.Tens
     for weight in weights[:-1]:
         hidden.append(torch.empty((batch, weight.shape[0]), dtype=dtype, device=device))
     grad = torch.empty((batch, weights[-1].shape[0]), dtype=dtype, device=device)
-    if loss_kind == "mse":
-        loss_config, tiles = gemm.tiles_of(batch, weights[-1].shape[0], weights[-1].shape[1], dtype, device)
-        partials = torch.empty(tiles, dtype=accumulator_dtype(dtype), device=device)
-        terms = grad.numel()  # mean: over the elements
-    else:
-        partials, terms = torch.empty(batch, dtype=accumulator_dtype(dtype), device=device), batch  # over the rows
+    classes, last_in = weights[-1].shape
+    fused_loss = loss_kind == "mse" or classes <= FUSED_CLASSES
+    if fused_loss:  # one partial loss per output tile of the last GEMM
+        loss_config = _row_config(batch, classes, last_in, dtype, device) if loss_kind != "mse" else None
+        loss_config, tiles = gemm.tiles_of(batch, classes, last_in, dtype, device, loss_config)
+    else:  # one per row, from the cross-entropy kernel
+        loss_config, tiles = None, batch
+    partials = torch.empty(tiles, dtype=accumulator_dtype(dtype), device=device)
+    terms = grad.numel() if loss_kind == "mse" else batch  # what "mean" divides by: elements, or rows
     loss = torch.empty((), dtype=loss_dtype, device=device)
     bias_grads = [None if bias is None else torch.empty_like(bias) for bias in biases]
     loss_scale = 1.0 / terms if reduction == "mean" else 1.0
@@ -70,6 +78,9 @@ def mlp_sgd_step(x: torch.Tensor, target: torch.Tensor, weights: list[torch.Tens
         gemm.launch(hidden[-1], weights[-1].T, grad, epilogue="squared_error", aux=target, partials=partials,
                     scale=2.0 * loss_scale, bias=biases[-1], config=loss_config, fp32_precision=fp32_precision,
                     tuner=tuner)
+    elif fused_loss:
+        gemm.launch(hidden[-1], weights[-1].T, grad, epilogue="cross_entropy", aux=target, partials=partials,
+                    scale=loss_scale, bias=biases[-1], config=loss_config, fp32_precision=fp32_precision)
     else:
         gemm.launch(hidden[-1], weights[-1].T, grad, bias=biases[-1], fp32_precision=fp32_precision, tuner=tuner)
         cross_entropy.cross_entropy_and_grad_(grad, target, partials, loss_scale)
@@ -99,3 +110,13 @@ def mlp_sgd_step(x: torch.Tensor, target: torch.Tensor, weights: list[torch.Tens
         sgd.sgd_step_unchecked(list(params), list(grads), update.lr, update.rule,
                                None if update.buffer is None else list(buffers), update.fresh)
     return loss
+
+
+def _row_config(batch: int, classes: int, k: int, dtype: torch.dtype, device: torch.device) -> GemmConfig:
+    """The default tiles of the last GEMM widened to hold a whole row of `classes` logits (one
+    column-block, so the epilogue sees each row entire), at most 64 rows high to bound the
+    accumulator's registers."""
+    base, _ = gemm.tiles_of(batch, classes, k, dtype, device)
+    block_n = max(16, 1 << (classes - 1).bit_length())
+    return base.replace(BLOCK_M=max(16, min(base.BLOCK_M, 64)), BLOCK_N=block_n, SPLIT_K=1, PERSISTENT=False,
+                        TMA=False)

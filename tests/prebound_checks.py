@@ -111,15 +111,15 @@ def check_every_tutorial_launch_is_the_same_as_kernel_grid():
         assert_same_launch(launcher, grid, args, variant, f"{launcher.kernel} {variant}")
 
 
-def mlp_step_case(dtype=torch.float32, fresh=False, loss="mse"):
+def mlp_step_case(dtype=torch.float32, fresh=False, loss="mse", classes=8):
     """(a step of a two-layer MLP with biases, momentum, weight decay and Nesterov, its
     tensors): `kernels.mlp_step`'s every kind of launch."""
     from fusedgrad.kernels.config import Update, UpdateRule
     from fusedgrad.kernels.mlp_step import mlp_sgd_step
-    weights = [torch.randn(32, 16, dtype=dtype), torch.randn(8, 32, dtype=dtype)]
-    biases = [torch.randn(32, dtype=dtype), torch.randn(8, dtype=dtype)]
+    weights = [torch.randn(32, 16, dtype=dtype), torch.randn(classes, 32, dtype=dtype)]
+    biases = [torch.randn(32, dtype=dtype), torch.randn(classes, dtype=dtype)]
     x = torch.randn(4, 16, dtype=dtype)
-    target = torch.randn(4, 8, dtype=dtype) if loss == "mse" else torch.randint(0, 8, (4,))
+    target = torch.randn(4, classes, dtype=dtype) if loss == "mse" else torch.randint(0, classes, (4,))
     rule = UpdateRule(momentum=0.9, weight_decay=0.01, nesterov=True)
     weight_updates = [Update(0.1, rule, torch.zeros_like(w), fresh) for w in weights]
     bias_updates = [Update(0.1, rule, torch.zeros_like(b), fresh) for b in biases]
@@ -135,10 +135,12 @@ def check_every_mlp_step_launch_is_the_same_as_kernel_grid():
     for fresh in (True, False):
         step, _ = mlp_step_case(fresh=fresh)
         calls += launches_of(gemm, step) + launches_of(sgd, step)
-    step, _ = mlp_step_case(loss="cross_entropy")
+    step, _ = mlp_step_case(loss="cross_entropy")  # in the last GEMM's epilogue
+    calls += launches_of(gemm, step)
+    step, _ = mlp_step_case(loss="cross_entropy", classes=200)  # more classes than a tile: a launch of its own
     calls += launches_of(cross_entropy, step)
     kinds = [launcher.kernel.fn.__name__ for launcher, *_ in calls]
-    assert kinds == (["_matmul_kernel"] * 5 + ["_sgd_kernel"]) * 2 + ["_cross_entropy_kernel"], kinds
+    assert kinds == (["_matmul_kernel"] * 5 + ["_sgd_kernel"]) * 2 + ["_matmul_kernel"] * 5 + ["_cross_entropy_kernel"], kinds
     for launcher, grid, args, variant in calls:
         assert_same_launch(launcher, grid, args, variant, f"{launcher.kernel} {variant}")
 
@@ -198,7 +200,8 @@ def check_planned_launches_are_the_same_as_full_ones():
              ("fused step, float64, tensor rate", lambda: two_layer_sgd_step(x64, y64, w1_64, w2_64, rate),
               (x64, y64, w1_64, w2_64, rate)),
              ("gated product", lambda: gemm.matmul(x.T, torch.randn(64, 100), b_relu_mask=h), (x, h)),
-             ("MLP step", *mlp_step_case()), ("MLP step, float64", *mlp_step_case(torch.float64)))
+             ("MLP step", *mlp_step_case()), ("MLP step, float64", *mlp_step_case(torch.float64)),
+             ("MLP step, cross-entropy", *mlp_step_case(loss="cross_entropy")))
     for _, fn, _ in cases:  # every case names its launches first: a name two cases shared would show below
         fn()
     for what, fn, tensors in cases:

@@ -176,6 +176,35 @@ def test_versions_bumped_and_compile_runs_it_eagerly(backend):
     assert all(optimizer.state[p]["momentum_buffer"]._version > 0 for p in model.parameters())
 
 
+@pytest.mark.parametrize("classes", [3, 128, 129, 300])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cross_entropy_in_the_epilogue_and_in_a_kernel_of_its_own(backend, classes, monkeypatch):
+    """Up to FUSED_CLASSES classes the loss is the last GEMM's epilogue (one row of logits per
+    tile), beyond them one more launch: both equal the float64 eager loop."""
+    device = BACKENDS[backend]
+    model = fusedgrad.nn.MLP([6, 9, classes], device=device, dtype=torch.float64)
+    reference = eager_twin(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    reference_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    separate = []
+    if backend == "triton":
+        kernels = fusedgrad.dispatch.load_kernels()
+        original = kernels.cross_entropy.cross_entropy_and_grad_
+        monkeypatch.setattr(kernels.cross_entropy, "cross_entropy_and_grad_",
+                            lambda *a: separate.append(1) or original(*a))
+    for reduction in ("mean", "sum"):
+        x, target = torch.randn(33, 6, device=device, dtype=torch.float64), torch.randint(0, classes, (33,), device=device)
+        with fusedgrad.backend(backend):
+            loss = model.train_step(x, target, optimizer, loss="cross_entropy", reduction=reduction)
+        assert_close(loss, eager_step(reference, reference_optimizer, x.cpu(), target.cpu(), reduction,
+                                      "cross_entropy"), "float64")
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        assert_close(ours, theirs, "float64")
+    if backend == "triton":
+        from fusedgrad.kernels.mlp_step import FUSED_CLASSES
+        assert len(separate) == (0 if classes <= FUSED_CLASSES else 2)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_class_out_of_range_gives_nan(backend):
     """A class index outside [0, C) (torch's ignore_index -100 among them: not supported) makes
