@@ -37,8 +37,7 @@ from __future__ import annotations
 import torch
 
 from . import cross_entropy, gemm, sgd, tuning
-from .config import Update
-from .config import GemmConfig
+from .config import GemmConfig, Update
 from .precision import accumulator_dtype
 
 FUSED_CLASSES = 128  # the most classes whose row of logits one output tile holds
