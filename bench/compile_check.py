@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         if (seen - 1) % shards != shard:
             return  # another shard's
         checked += 1
+        kernel, constexprs = launched(kernel, constexprs)
         try:
             compiled = build(kernel, constexprs, types, options or {}, aligned_sizes)
         except Exception as error:  # report every failing variant, not just the first
@@ -156,6 +157,17 @@ def main(argv: list[str] | None = None) -> int:
             os.makedirs(args.dump_ptx, exist_ok=True)
             with open(os.path.join(args.dump_ptx, re.sub(r"[^\w.=-]+", "_", name) + ".ptx"), "w") as file:
                 file.write(normalized_ptx(compiled.asm["ptx"]))
+
+    def launched(kernel, constexprs: dict):
+        """(kernel, meta-parameters) as `gemm` launches them: a GEMM without a bias, row sums,
+        momentum buffer, scalar tensors beyond the rate or update flags takes
+        `_plain_matmul_kernel`, whose signature lacks those arguments."""
+        if kernel is not gemm._matmul_kernel or not (
+                all(constexprs.get(name, 0) is None for name in gemm.FULL_ONLY_POINTERS)
+                and not any(constexprs[name] for name in gemm.FULL_ONLY_FLAGS)):
+            return kernel, constexprs
+        names = inspect.signature(gemm._plain_matmul_kernel.fn).parameters
+        return gemm._plain_matmul_kernel, {name: value for name, value in constexprs.items() if name in names}
 
     def accumulator(dtype):
         return "fp64" if dtype == "fp64" else "fp32"

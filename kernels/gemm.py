@@ -26,7 +26,11 @@ explicit strides. Offsets are computed in int64, so operands beyond 2**31 elemen
 correctly. Squared-error partial sums go to one slot per output tile and are added up in index
 order by a later launch (its `reduce` tensors), never with atomics: the loss is deterministic.
 Tensors a launch does not have are passed as None, which specialises the kernel: absent
-pointers cost neither arguments nor code.
+pointers cost no code. They still cost host time, as every argument passes through Triton's
+launcher on every launch, so the launches that take no bias, row sums, momentum buffer or
+update flags (the autograd ops', the tutorial step's) enter through `_plain_matmul_kernel`:
+a signature without those thirteen arguments around a call of this kernel (inlined: the same
+code) with them as constants.
 
 Three launch options serve shapes the plain tiling serves badly (`kernels/tuning.py` chooses):
 SPLIT_K > 1 gives each output tile several programs, one per slice of K, for skinny long-K
@@ -301,6 +305,39 @@ def _matmul_kernel(
                     tl.store(reduce_out_ptr, total.to(reduce_out_ptr.dtype.element_ty))
 
 
+
+@triton.jit
+def _plain_matmul_kernel(
+    # pointers, as `_matmul_kernel` takes them
+    a_ptr, b_ptr, c_ptr, gate_ptr, aux_ptr, partials_ptr, reduce_ptr, reduce_out_ptr, lr_ptr, workspace_ptr,
+    counter_ptr,
+    # sizes and strides, as `_matmul_kernel` takes them
+    M, N, K, num_reduce,
+    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, stride_gate_0, stride_gate_1,
+    stride_aux_m, stride_aux_n,
+    # scalars
+    scale, reduce_scale, lr,
+    # meta-parameters, as `_matmul_kernel` takes them
+    MASK_OPERAND: tl.constexpr, EPILOGUE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr, TMA: tl.constexpr, A_STORED_T: tl.constexpr, B_STORED_T: tl.constexpr,
+    GATE_STORED_T: tl.constexpr, PERSISTENT: tl.constexpr, ACC_DTYPE: tl.constexpr, BF16_AS_FP32: tl.constexpr,
+):
+    """`_matmul_kernel` without a bias, row sums, momentum buffer, scalar tensors beyond the
+    rate or update flags: the launches of the autograd ops and of the tutorial's step. The same
+    code (the call is inlined, the absent arguments are constants), with the thirteen arguments
+    those launches never use left out of the argument list that each launch passes through
+    Triton's launcher."""
+    _matmul_kernel(
+        a_ptr, b_ptr, c_ptr, gate_ptr, aux_ptr, partials_ptr, reduce_ptr, reduce_out_ptr, lr_ptr, workspace_ptr,
+        counter_ptr, None, None, None, None, None, None,
+        M, N, K, num_reduce,
+        stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, stride_gate_0, stride_gate_1,
+        stride_aux_m, stride_aux_n, 0, 0, 0, 0,
+        scale, reduce_scale, lr, 0.0, 0.0, 0.0,
+        MASK_OPERAND, EPILOGUE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, SPLIT_K, TMA,
+        A_STORED_T, B_STORED_T, GATE_STORED_T, PERSISTENT, ACC_DTYPE, BF16_AS_FP32, False, False, False, False)
+
 # True when Triton's interpreter (TRITON_INTERPRET=1 before triton was imported) runs the kernels.
 INTERPRETED = type(_matmul_kernel).__name__ == "InterpretedFunction"
 
@@ -445,6 +482,28 @@ _NO_SCALARS = ((None, None, None, None), (0.0, 0.0, 0.0, 0.0))
 _LAUNCHER = Launcher(_matmul_kernel, _meta, layout=(17, 18))  # 17 pointers, 18 sizes and strides, 6 floats
 
 
+# What only `_matmul_kernel` takes: pointers (absent from a plain launch) and flags (False there).
+FULL_ONLY_POINTERS = ("bias_ptr", "row_sums_ptr", "buffer_ptr", "momentum_ptr", "keep_ptr", "decay_ptr")
+FULL_ONLY_FLAGS = ("FRESH", "WEIGHT_DECAY", "NESTEROV", "MAXIMIZE")
+
+
+def _plain_meta(*variant) -> dict:
+    """`_meta` of a `_plain_matmul_kernel` launch (whose update flags are the plain rule's)."""
+    meta = _meta(*variant)
+    for name in FULL_ONLY_FLAGS:
+        del meta[name]
+    return meta
+
+
+_PLAIN_LAUNCHER = Launcher(_plain_matmul_kernel, _plain_meta, layout=(11, 14))  # 11 pointers, 14 integers, 3 floats
+
+
+def _is_plain(bias, row_sums, buffer, flags: tuple) -> bool:
+    """Whether a launch is one `_plain_matmul_kernel` makes: no bias, row sums or momentum buffer,
+    the plain update rule (or none). Its scalar tensors are then the rate's alone."""
+    return bias is None and row_sums is None and buffer is None and flags == _PLAIN_FLAGS
+
+
 def _enqueue(args: GemmArgs, config: GemmConfig, plan: tuple | None = None) -> None:
     """Launch `_matmul_kernel` for `args` with `config`; `plan`, `launch`'s name for this launch,
     is handed to the launcher where the launch takes pointers it can be given again (no TMA
@@ -461,19 +520,27 @@ def _enqueue(args: GemmArgs, config: GemmConfig, plan: tuple | None = None) -> N
     (stride_am, stride_ak), (stride_bk, stride_bn) = a.stride(), b.stride()
     (stride_cm, stride_cn), (stride_gate_0, stride_gate_1) = _strides(c), _strides(gate)
     stride_aux_m, stride_aux_n = (aux.stride(0), 0) if aux is not None and aux.dim() == 1 else _strides(aux)
+    sizes = (M, N, K, 0 if reduce is None else reduce.numel(),
+             stride_am, stride_ak,
+             stride_bk, stride_bn,
+             stride_cm, stride_cn,
+             stride_gate_0, stride_gate_1,
+             stride_aux_m, stride_aux_n)
+    flags = _rule_flags(rule, fresh)
+    variant = (config, mask_operand, epilogue, input_precision, a.dtype, INTERPRETED and _has_bf16(args), tma,
+               *stored_t, flags)
+    plan = None if tma or workspace is not None else plan
+    if _is_plain(bias, row_sums, buffer, flags):
+        _PLAIN_LAUNCHER(grid, (a_operand, b_operand, c, gate_operand, aux, partials, reduce, reduce_out, lr_ptr,
+                               workspace, counters, *sizes, float(scale), float(reduce_scale), floats[0]),
+                        variant, plan)
+        return
     _LAUNCHER(grid, (
         a_operand, b_operand, c, gate_operand, aux, partials, reduce, reduce_out, lr_ptr, workspace, counters,
         bias, row_sums, buffer, *scalar_ptrs,
-        M, N, K, 0 if reduce is None else reduce.numel(),
-        stride_am, stride_ak,
-        stride_bk, stride_bn,
-        stride_cm, stride_cn,
-        stride_gate_0, stride_gate_1,
-        stride_aux_m, stride_aux_n,
-        _stride(bias), _stride(row_sums), *_strides(buffer),
+        *sizes, _stride(bias), _stride(row_sums), *_strides(buffer),
         float(scale), float(reduce_scale), *floats,
-    ), (config, mask_operand, epilogue, input_precision, a.dtype, INTERPRETED and _has_bf16(args), tma, *stored_t,
-        _rule_flags(rule, fresh)), None if tma or workspace is not None else plan)
+    ), variant, plan)
 
 
 def _update_scalars(epilogue: str, lr, rule: UpdateRule, buffer, fresh: bool, dtype: torch.dtype,
@@ -554,21 +621,25 @@ def launch(
         # make for the same tensors), so a launch of a known plan skips the rest of this
         # function and `_enqueue`.
         if epilogue == "sgd":
-            (lr_ptr, momentum_ptr, keep_ptr, decay_ptr), floats = scalar_arguments(
-                lr, rule, buffer is not None, fresh, a.dtype, a.device)
-            floats, flags = (float(scale), float(reduce_scale), *floats), _rule_flags(rule, fresh)
+            (lr_ptr, *update_ptrs), update_floats = scalar_arguments(lr, rule, buffer is not None, fresh, a.dtype,
+                                                                     a.device)
+            flags = _rule_flags(rule, fresh)
         else:  # no update: its scalars are absent
-            lr_ptr = momentum_ptr = keep_ptr = decay_ptr = None
-            floats, flags = (float(scale), float(reduce_scale), 0.0, 0.0, 0.0, 0.0), _PLAIN_FLAGS
-        pointers = (a, b, c, gate, aux, partials, reduce, reduce_out, lr_ptr, None, None, bias, row_sums, buffer,
-                    momentum_ptr, keep_ptr, decay_ptr)
+            ((lr_ptr, *update_ptrs), update_floats), flags = _NO_SCALARS, _PLAIN_FLAGS
+        if _is_plain(bias, row_sums, buffer, flags):
+            launcher, floats = _PLAIN_LAUNCHER, (float(scale), float(reduce_scale), update_floats[0])
+            pointers = (a, b, c, gate, aux, partials, reduce, reduce_out, lr_ptr, None, None)
+        else:
+            launcher, floats = _LAUNCHER, (float(scale), float(reduce_scale), *update_floats)
+            pointers = (a, b, c, gate, aux, partials, reduce, reduce_out, lr_ptr, None, None, bias, row_sums, buffer,
+                        *update_ptrs)
         if plan is None:
             plan = (M, N, K, a.device, config, epilogue, mask_operand, input_precision, a.stride(), b.stride(),
                     None if c is None else c.stride(), None if gate is None else gate.stride(),
                     None if aux is None else aux.stride(), None if reduce is None else reduce.numel(),
                     None if bias is None else bias.stride(0), None if row_sums is None else row_sums.stride(0),
                     None if buffer is None else buffer.stride(), flags, pointer_key(pointers))
-        if _LAUNCHER.launch_plan(plan, pointers, floats):
+        if launcher.launch_plan(plan, pointers, floats):
             return
     else:
         plan = None  # a tuner's tiles, or the interpreter: never planned

@@ -91,17 +91,21 @@ def relu_matmul_float64(a: torch.Tensor, b: torch.Tensor, grad_out: torch.Tensor
     return out.detach(), a64.grad, b64.grad
 
 
-def record_grids(monkeypatch, launcher) -> list:
-    """Launch `launcher`'s kernel (a `kernels.launch.Launcher`'s) as usual, recording each launch's grid."""
+def record_grids(monkeypatch, *launchers) -> list:
+    """Launch the kernels of `launchers` (`kernels.launch.Launcher`s) as usual, recording each
+    launch's grid, in launch order."""
     grids = []
-    kernel = launcher.kernel
 
     class RecordingGrid:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
         def __getitem__(self, grid):
             grids.append(grid)
-            return kernel[grid]
+            return self.kernel[grid]
 
-    monkeypatch.setattr(launcher, "kernel", RecordingGrid())
+    for launcher in launchers:
+        monkeypatch.setattr(launcher, "kernel", RecordingGrid(launcher.kernel))
     return grids
 
 

@@ -29,33 +29,41 @@ from fusedgrad.kernels import cross_entropy, gemm, mse_loss, reduce, sgd  # noqa
 
 
 class Recorder:
-    """Stands in for a module's Launcher and keeps each call's (grid, args, variant). Plans
-    (`Launcher.launch_plan`) are refused unless `planned`, so every launch is recorded."""
+    """Stands in for a module's Launcher and keeps each call's (launcher, grid, args, variant) in
+    `calls` (which several recorders may share). Plans (`Launcher.launch_plan`) are refused
+    unless `planned`, so every launch is recorded."""
 
-    def __init__(self, launcher, planned: bool = False):
-        self.launcher, self.calls, self.planned = launcher, [], planned
+    def __init__(self, launcher, planned: bool = False, calls: list | None = None):
+        self.launcher, self.planned = launcher, planned
+        self.calls = [] if calls is None else calls
         self.prebound = launcher.prebound
 
     def __call__(self, grid, args, variant, plan=None):
-        self.calls.append((grid, args, variant))
+        self.calls.append((self.launcher, grid, args, variant))
         self.launcher(grid, args, variant, plan if self.planned else None)  # refused plans: not stored either
 
     def launch_plan(self, plan, pointers, floats) -> bool:
         return self.planned and self.launcher.launch_plan(plan, pointers, floats)
 
 
-def launches_of(module, fn) -> list:
-    """The (launcher, grid, args, variant) of each launch `fn()` makes through `module._LAUNCHER`
-    (or `_SUM_LAUNCHER`)."""
-    name = "_SUM_LAUNCHER" if module is reduce else "_LAUNCHER"
-    launcher = getattr(module, name)
-    recorder = Recorder(launcher)
-    setattr(module, name, recorder)
+def recording(module, fn, planned: bool = False) -> list:
+    """The (launcher, grid, args, variant) of each launch `fn()` makes through `module`'s
+    Launchers (gemm has two: its plain entry and the whole kernel), in launch order."""
+    names = {gemm: ("_LAUNCHER", "_PLAIN_LAUNCHER"), reduce: ("_SUM_LAUNCHER",)}.get(module, ("_LAUNCHER",))
+    launchers, calls = {name: getattr(module, name) for name in names}, []
+    for name, launcher in launchers.items():
+        setattr(module, name, Recorder(launcher, planned, calls))
     try:
         fn()
     finally:
-        setattr(module, name, launcher)
-    return [(launcher, *call) for call in recorder.calls]
+        for name, launcher in launchers.items():
+            setattr(module, name, launcher)
+    return calls
+
+
+def launches_of(module, fn) -> list:
+    """The (launcher, grid, args, variant) of each launch `fn()` makes, every one recorded."""
+    return recording(module, fn)
 
 
 def by_kernel_grid(launcher, grid, args, variant) -> stub_driver.Launch:
@@ -106,7 +114,7 @@ def check_every_tutorial_launch_is_the_same_as_kernel_grid():
     calls += launches_of(sgd, lambda: sgd.sgd_step([w1, w2], [torch.randn_like(w1), torch.randn_like(w2)], 1e-3))
     calls += launches_of(sgd, lambda: sgd.sgd_step([w1.double()], [w1.double()], torch.tensor(0.1).double()))
     kinds = [launcher.kernel.fn.__name__ for launcher, *_ in calls]
-    assert kinds == ["_matmul_kernel"] * 6 + ["_squared_error_kernel", "_sum_partials_kernel"] + ["_sgd_kernel"] * 2, kinds
+    assert kinds == ["_plain_matmul_kernel"] * 6 + ["_squared_error_kernel", "_sum_partials_kernel"] + ["_sgd_kernel"] * 2, kinds
     for launcher, grid, args, variant in calls:
         assert_same_launch(launcher, grid, args, variant, f"{launcher.kernel} {variant}")
 
@@ -140,7 +148,9 @@ def check_every_mlp_step_launch_is_the_same_as_kernel_grid():
     step, _ = mlp_step_case(loss="cross_entropy", classes=200)  # more classes than a tile: a launch of its own
     calls += launches_of(cross_entropy, step)
     kinds = [launcher.kernel.fn.__name__ for launcher, *_ in calls]
-    assert kinds == (["_matmul_kernel"] * 5 + ["_sgd_kernel"]) * 2 + ["_matmul_kernel"] * 5 + ["_cross_entropy_kernel"], kinds
+    # The input gradient's GEMM has no bias, row sums or update: the plain entry.
+    step_kinds = ["_matmul_kernel"] * 2 + ["_plain_matmul_kernel"] + ["_matmul_kernel"] * 2
+    assert kinds == (step_kinds + ["_sgd_kernel"]) * 2 + step_kinds + ["_cross_entropy_kernel"], kinds
     for launcher, grid, args, variant in calls:
         assert_same_launch(launcher, grid, args, variant, f"{launcher.kernel} {variant}")
 
@@ -150,13 +160,11 @@ def launches_during(fn, planned: bool) -> list:
     them taken, asserts that no GEMM launch took the full path."""
     launches, record = [], DRIVER.record
     DRIVER.record = lambda *launch: (launches.append(launch), record(*launch))
-    launcher = gemm._LAUNCHER
-    gemm._LAUNCHER = recorder = Recorder(launcher, planned)
     try:
-        fn()
+        calls = recording(gemm, fn, planned)
     finally:
-        DRIVER.record, gemm._LAUNCHER = record, launcher
-    assert not (planned and recorder.calls), f"{len(recorder.calls)} launches missed their plan"
+        DRIVER.record = record
+    assert not (planned and calls), f"{len(calls)} launches missed their plan"
     return launches
 
 

@@ -233,7 +233,7 @@ def test_split_k_under_graph_replay_and_on_two_streams():
 def _kernel_grid_only(monkeypatch):
     """Every Launcher of the kernels launching through kernel[grid], as an unbound launch does."""
     from fusedgrad.kernels import gemm, mse_loss, reduce, sgd
-    for launcher in (gemm._LAUNCHER, mse_loss._LAUNCHER, reduce._SUM_LAUNCHER, sgd._LAUNCHER):
+    for launcher in (gemm._LAUNCHER, gemm._PLAIN_LAUNCHER, mse_loss._LAUNCHER, reduce._SUM_LAUNCHER, sgd._LAUNCHER):
         monkeypatch.setattr(launcher, "prebound", False)
 
 
@@ -257,7 +257,7 @@ def test_prebound_launches_are_bitwise_kernel_grid_and_safe_in_graphs_and_stream
 
     with fusedgrad.backend("triton"):
         prebound = steps(3)
-        assert gemm._LAUNCHER._bound, "the second launch of a key is pre-bound"
+        assert gemm._PLAIN_LAUNCHER._bound, "the second launch of a key is pre-bound"
         with monkeypatch.context() as patch:
             _kernel_grid_only(patch)
             reference = steps(3)

@@ -180,7 +180,7 @@ def test_persistent_programs_walk_every_tile(variant, monkeypatch):
     """A persistent launch has fewer programs than tiles (one per multiprocessor; 3 here, on
     the GPU too): 40 x 44 in 16 x 16 tiles is 9 tiles, ragged at the edges, so each program
     computes three."""
-    grids = record_grids(monkeypatch, gemm._LAUNCHER)
+    grids = record_grids(monkeypatch, gemm._LAUNCHER, gemm._PLAIN_LAUNCHER)
     M, K, N = 40, 152, 44
     a, b = make_operand(M, K, torch.float32, DEVICE), make_operand(K, N, torch.float32, DEVICE, "transposed")
     masks = {}
@@ -216,7 +216,8 @@ BAD_CONFIGS = [
 def test_bad_configs_are_refused_before_any_launch(change, message, monkeypatch):
     """Every field is checked when a config is made, so a bad one never reaches a kernel (a
     SPLIT_K of 0 would leave the output unwritten); dicts go through the same checks."""
-    monkeypatch.setattr(gemm._LAUNCHER, "kernel", None)  # a launch would crash differently
+    for launcher in (gemm._LAUNCHER, gemm._PLAIN_LAUNCHER):
+        monkeypatch.setattr(launcher, "kernel", None)  # a launch would crash differently
     a, b = torch.randn(20, 30, device=DEVICE), torch.randn(30, 20, device=DEVICE)
     fields = dict(split(1).meta, **change)
     with pytest.raises(ValueError, match=message):

@@ -51,7 +51,7 @@ def test_the_pointer_key_holds_what_triton_specializes_on_pointers():
 
 
 def test_an_unknown_plan_launches_nothing():
-    launcher = launch.Launcher(gemm._matmul_kernel, gemm._meta, layout=(11, 14))
+    launcher = launch.Launcher(gemm._plain_matmul_kernel, gemm._plain_meta, layout=(11, 14))
     if not launcher.prebound:  # the interpreter: plans are never made
         assert gemm.INTERPRETED
         return
@@ -77,6 +77,6 @@ def test_an_argument_the_key_does_not_know_launches_through_kernel_grid():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter runs only without CUDA")
 def test_the_interpreter_launches_through_kernel_grid():
-    assert gemm.INTERPRETED and not gemm._LAUNCHER.prebound
+    assert gemm.INTERPRETED and not gemm._LAUNCHER.prebound and not gemm._PLAIN_LAUNCHER.prebound
     a, b = torch.randn(20, 30), torch.randn(30, 10)
-    assert torch.equal(gemm.matmul(a, b), gemm.matmul(a, b)) and not gemm._LAUNCHER._bound
+    assert torch.equal(gemm.matmul(a, b), gemm.matmul(a, b)) and not gemm._PLAIN_LAUNCHER._bound
