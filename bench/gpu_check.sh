@@ -7,6 +7,8 @@
 #   kernels  bench/kernels.py --quick, autotuned in bf16                  kernels.json
 #   bench    bench/run.py --quick                                         bench_quick.json/.png
 #   mlp      bench/mlp.py: width 1024, 4 layers, bf16 and tf32           mlp.json
+#   distributed  one NCCL rank: tests/distributed_checks.py 1 nccl (graph capture included),
+#            then torchrun of bench/distributed.py on every GPU             (its JSON in the log)
 # The file names are those bench/summarize.py reads. All stages together exceed one 10-minute
 # call (kernels and bench compile and time the most): split them, e.g. STAGES="tests train
 # launch" then STAGES="kernels" on the same warm machine, and "bench mlp" if device time remains.
@@ -15,7 +17,7 @@
 # Usage: GIT_COMMIT=$(git rev-parse HEAD) STAGES="tests kernels" bash bench/gpu_check.sh OUT_DIR
 set -uo pipefail
 out=${1:?usage: gpu_check.sh OUT_DIR}
-stages=" ${STAGES:-tests train launch kernels bench mlp} "
+stages=" ${STAGES:-tests train launch kernels bench mlp distributed} "
 exit_status=0  # 1 when a test file fails; the other stages report in their own output
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -76,5 +78,11 @@ if [[ $stages == *" bench "* ]]; then
 fi
 if [[ $stages == *" mlp "* ]]; then
   timeout 300 python3 bench/mlp.py --json "$out/mlp.json"
+fi
+if [[ $stages == *" distributed "* ]]; then
+  timeout 240 python3 tests/distributed_checks.py 1 nccl
+  json=$(mktemp)
+  timeout 240 python3 -m torch.distributed.run --nproc-per-node "$(nvidia-smi -L | wc -l)" --master-addr 127.0.0.1 \
+    --master-port 29517 bench/distributed.py --json "$json" && cat "$json"
 fi
 exit $exit_status

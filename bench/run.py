@@ -2,6 +2,7 @@
 
     python bench/run.py            # full: three sizes x ieee/tf32/bf16, all variants
     python bench/run.py --quick    # tutorial size ieee and 4096^4 bf16; fits a short GPU slot
+    python bench/run.py --mlp ...  # the MLP rows (bench/mlp.py); torchrun ... bench/run.py --distributed: bench/distributed.py
 
 Precisions are named as `fusedgrad.kernels.precision.PRECISIONS` names them: "ieee" (float32
 at IEEE precision), "tf32" (float32 inputs, tf32 products), "bf16". Each case sets torch's
@@ -431,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--mlp"]:  # the MLP rows: bench/mlp.py and its flags
         import mlp
         return mlp.main(argv[1:])
+    if argv[:1] == ["--distributed"]:  # under torchrun: bench/distributed.py and its flags
+        import distributed
+        return distributed.main(argv[1:])
     parser = common.parser(__doc__, None)
     parser.add_argument("--quick", action="store_true", help="tutorial ieee and 4096^4 bf16 only")
     parser.add_argument("--sizes", type=parse_size, nargs="+", help="NxD_INxHxD_OUT, e.g. 64x1000x100x10")

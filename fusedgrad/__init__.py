@@ -3,7 +3,7 @@
 Importing fusedgrad touches neither CUDA nor triton: the kernels load on first use.
 """
 
-from . import nn, optim
+from . import distributed, nn, optim
 from .linear import linear, linear_reference
 from .loss import mse_loss
 from .matmul import matmul_reference, mm, mm_relu
@@ -15,6 +15,6 @@ from .step import CUDAGraphStep, train_step, train_step_reference
 __version__ = "0.1.0"
 
 __all__ = ["BACKENDS", "CUDAGraphStep", "FP32_PRECISIONS", "TwoLayerNet", "autotune", "autotune_enabled", "backend",
-           "cache_dir", "current_backend", "current_cache_dir", "current_fp32_precision", "fp32_precision",
+           "cache_dir", "current_backend", "current_cache_dir", "current_fp32_precision", "distributed", "fp32_precision",
            "linear", "linear_reference", "matmul_reference", "mm", "mm_relu", "mse_loss", "nn", "optim", "train_step",
            "train_step_reference", "__version__"]

@@ -15,7 +15,8 @@ from . import settings
 from .checks import check_lr
 from .kernels.precision import DTYPES
 from .settings import BACKENDS, use_triton_interpreter
-from .train import MODES, TrainConfig, describe_environment, resolve_device, resolve_mode, train
+from .train import (MODES, TORCHRUN_VARIABLES, TrainConfig, describe_environment, resolve_device, resolve_mode, train,
+                    under_torchrun)
 
 
 # What torch.Generator.manual_seed accepts (a negative seed is taken modulo 2**64).
@@ -123,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--momentum", type=_momentum, default=defaults.momentum, help="SGD momentum")
     parser.add_argument("--loss", choices=("mse", "cross_entropy"), default=defaults.loss,
                         help="summed squared error, or summed cross-entropy over random class indices")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data-parallel under torchrun (torchrun --nproc-per-node N -m fusedgrad "
+                             "--distributed): each rank trains on its shard of the batch, gloo on CPU, NCCL "
+                             "on CUDA (a GPU per rank); rank 0 prints the whole batch's losses")
     parser.add_argument("--json", metavar="PATH",
                         help="also write the run (config, losses, timing, environment) as JSON")
     return parser
@@ -148,6 +153,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         check_lr(config.lr, "--lr", dtype=DTYPES[config.dtype])  # the range the step will apply it in
     except ValueError as error:
         parser.error(str(error))
+    if config.distributed and not under_torchrun():
+        parser.error(f"--distributed: run under torchrun (torchrun --nproc-per-node N -m fusedgrad --distributed); "
+                     f"{', '.join(TORCHRUN_VARIABLES)} are not all set")
     device = resolve_device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {config.device}: CUDA is not available on this machine")
@@ -197,9 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{build_parser().prog}: error: out of memory for {_sizes_named(config)} ({config.dtype} on "
               f"{resolve_device(config.device)})", file=sys.stderr)
         return 2
-    summary = (f"Summary: device {result.device} | backend {result.backend} | mode {result.mode} | dtype {config.dtype} | "
-               f"{result.steps} steps in {result.seconds:.3f} s | {result.steps_per_second:.1f} steps/s "
-               f"(wall time after 1 warm-up step)")
+    if result.rank != 0:
+        return 0  # rank 0 reports for the run
+    ranks = f" | {result.ranks} ranks, data-parallel" if result.ranks > 1 else ""
+    summary = (f"Summary: device {result.device} | backend {result.backend} | mode {result.mode}{ranks} | "
+               f"dtype {config.dtype} | {result.steps} steps in {result.seconds:.3f} s | "
+               f"{result.steps_per_second:.1f} steps/s (wall time after 1 warm-up step)")
     print(summary)
     if args.json:
         record = {"config": dataclasses.asdict(config), "backend": result.backend, "mode": result.mode,

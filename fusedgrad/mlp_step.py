@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import dispatch, library, settings
+from . import dispatch, distributed, library, settings
 from .checks import FLOAT_DTYPES, share_memory
 from .kernels.config import Update
 from .kernels.precision import accumulator_dtype
@@ -33,6 +33,21 @@ def mlp_step_reference(x, target, weights, biases, weight_updates, bias_updates,
                        loss_dtype: torch.dtype) -> torch.Tensor:
     """ATen twin of `kernels.mlp_sgd_step`: the same arguments and math. Gradients are taken
     in the parameters' dtype (as autograd takes them), then each parameter takes its update."""
+    weight_grads = [torch.empty_like(weight) for weight in weights]
+    bias_grads = [None if bias is None else torch.empty_like(bias) for bias in biases]
+    loss = mlp_gradients_reference(x, target, weights, biases, weight_grads, bias_grads, loss_kind, reduction,
+                                   loss_dtype)
+    for param, param_grad, update in zip(weights + biases, weight_grads + bias_grads, weight_updates + bias_updates):
+        if param is not None:
+            sgd_reference([param], [param_grad], update.lr, update.rule,
+                          None if update.buffer is None else [update.buffer], update.fresh)
+    return loss
+
+
+@torch.no_grad()
+def mlp_gradients_reference(x, target, weights, biases, weight_grads, bias_grads, loss_kind: str, reduction: str,
+                            loss_dtype: torch.dtype, ranks: int = 1, on_layer=None) -> torch.Tensor:
+    """ATen twin of `kernels.mlp_gradients`: the same arguments and math."""
     hidden = [x]
     for index, (weight, bias) in enumerate(zip(weights, biases)):
         out = torch.nn.functional.linear(hidden[-1], weight, bias)
@@ -41,8 +56,8 @@ def mlp_step_reference(x, target, weights, biases, weight_updates, bias_updates,
     if loss_kind == "mse":
         difference = prediction - target
         squares = difference.to(accumulator_dtype(difference.dtype)).square()  # 16-bit: the sum in float32
-        loss = squares.sum() if reduction == "sum" else squares.mean()
-        grad = difference.mul_(2.0 / difference.numel() if reduction == "mean" else 2.0).to(x.dtype)
+        loss = squares.sum() if reduction == "sum" else squares.sum() / (squares.numel() * ranks)
+        grad = difference.mul_(2.0 / (difference.numel() * ranks) if reduction == "mean" else 2.0).to(x.dtype)
     else:  # F.cross_entropy's math, in float32 for 16-bit logits; a class outside [0, C): NaN, as the kernel
         logits = prediction.to(accumulator_dtype(prediction.dtype))
         classes = logits.shape[1]
@@ -50,21 +65,18 @@ def mlp_step_reference(x, target, weights, biases, weight_updates, bias_updates,
         index = target.clamp(0, classes - 1).unsqueeze(1)
         log_total = logits.logsumexp(1, keepdim=True)
         row_losses = (log_total - logits.gather(1, index)).masked_fill(~valid, float("nan"))
-        loss = row_losses.sum() if reduction == "sum" else row_losses.mean()
+        loss = row_losses.sum() if reduction == "sum" else row_losses.sum() / (len(target) * ranks)
         grad = (logits - log_total).exp_().scatter_add_(1, index, torch.full_like(log_total, -1.0))
-        grad = grad.masked_fill_(~valid, float("nan")).mul_(1.0 / len(target) if reduction == "mean" else 1.0)
+        grad = grad.masked_fill_(~valid, float("nan")).mul_(1.0 / (len(target) * ranks) if reduction == "mean" else 1.0)
         grad = grad.to(x.dtype)
-    grads: list = []
     for index in reversed(range(len(weights))):
-        grads.append((grad.T @ hidden[index], None if biases[index] is None else grad.sum(0)))
+        torch.mm(grad.T, hidden[index], out=weight_grads[index])
+        if biases[index] is not None:
+            torch.sum(grad, 0, out=bias_grads[index])
+        if on_layer is not None:
+            on_layer(index)
         if index > 0:
             grad = torch.ops.aten.threshold_backward(grad @ weights[index], hidden[index], 0)
-    for (grad_weight, grad_bias), weight, bias, weight_update, bias_update in zip(
-            reversed(grads), weights, biases, weight_updates, bias_updates):
-        for param, param_grad, update in ((weight, grad_weight, weight_update), (bias, grad_bias, bias_update)):
-            if param is not None:
-                sgd_reference([param], [param_grad], update.lr, update.rule,
-                              None if update.buffer is None else [update.buffer], update.fresh)
     return loss.to(loss_dtype)
 
 
@@ -203,12 +215,31 @@ def _finish(step: _Step, optimizer) -> None:
             optimizer.state[param]["momentum_buffer"] = update.buffer
 
 
+def _check_data_parallel(where: str, step: _Step) -> None:
+    names = [f"{kind} of layer {index}" for index, bias in enumerate(step.biases)
+             for kind in ("weight", "bias")[:1 if bias is None else 2]]
+    distributed.check_dense(where, step.params, step.updates(), names)
+
+
+def _run_data_parallel(where: str, step: _Step, process_group) -> torch.Tensor:
+    """The step over `process_group` (`distributed.data_parallel_step`), on the backend in force."""
+    triton = dispatch.resolve(step.x) == "triton"
+    with torch.autocast(step.x.device.type, enabled=False):
+        return distributed.data_parallel_step(*step[:9], process_group, triton, settings.kernel_fp32_precision(),
+                                              settings.tuner())
+
+
 @torch._disable_dynamo  # torch.compile runs the step as it is (`torch.compiler.disable`, imported on first call)
 def mlp_train_step(model, x: torch.Tensor, target: torch.Tensor, optimizer, loss: str = "mse",
-                   reduction: str = "mean") -> torch.Tensor:
+                   reduction: str = "mean", process_group=None) -> torch.Tensor:
     """`model.train_step`: one step of `optimizer` on `loss(model(x), target)`; see `MLP.train_step`."""
+    process_group = distributed.check_process_group(process_group, "MLP.train_step")
     step = _prepare("MLP.train_step", model, x, target, optimizer, loss, reduction)
-    result = _run(step)
+    if process_group is None:
+        result = _run(step)
+    else:
+        _check_data_parallel("MLP.train_step", step)
+        result = _run_data_parallel("MLP.train_step", step, process_group)
     _finish(step, optimizer)
     return result
 
@@ -228,7 +259,8 @@ def _settings(optimizer, params) -> list:
 
 
 class MLPGraphStep:
-    """`MLP.train_step(x, target, optimizer, loss, reduction)` captured in a CUDA graph.
+    """`MLP.train_step(x, target, optimizer, loss, reduction, process_group)` captured in a
+    CUDA graph (with a process group, an NCCL one: its collectives are captured too).
 
     Inputs are static buffers: copy new data into `.x` and `.target` before `replay()`, which
     runs one step and returns the static 0-d loss, overwritten by each replay. A tensor `lr` in
@@ -240,11 +272,14 @@ class MLPGraphStep:
     """
 
     def __init__(self, model, x: torch.Tensor, target: torch.Tensor, optimizer, loss: str = "mse",
-                 reduction: str = "mean"):
+                 reduction: str = "mean", process_group=None):
         if not isinstance(x, torch.Tensor) or not x.is_cuda:
             raise ValueError(f"MLP.cuda_graph_step needs CUDA tensors, got x {_describe(x)}")
+        self.process_group = distributed.check_capturable(process_group, "MLP.cuda_graph_step")
         self.x, self.target = x.detach().clone(), target.detach().clone()
         step = _prepare("MLP.cuda_graph_step", model, self.x, self.target, optimizer, loss, reduction)
+        if process_group is not None:
+            _check_data_parallel("MLP.cuda_graph_step", step)
         if dispatch.resolve(self.x) != "triton":
             raise ValueError(f"MLP.cuda_graph_step: the backend in force runs {self.x.dtype} on ATen, which is not "
                              f"captured here; use backend 'triton'")
@@ -270,12 +305,14 @@ class MLPGraphStep:
         device = self.x.device
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
+        run = _run if self.process_group is None else (
+            lambda step: _run_data_parallel("MLP.cuda_graph_step", step, self.process_group))
         with torch.cuda.stream(side), torch.no_grad():
-            _run(warm)
+            run(warm)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.no_grad(), torch.cuda.graph(graph):
-            loss = _run(step)
+            loss = run(step)
         return graph, loss
 
     def replay(self) -> torch.Tensor:

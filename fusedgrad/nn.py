@@ -54,21 +54,26 @@ class MLP(nn.Sequential):
         self.sizes = tuple(int(size) for size in sizes)
 
     def train_step(self, x: torch.Tensor, target: torch.Tensor, optimizer, loss: str = "mse",
-                   reduction: str = "mean") -> torch.Tensor:
+                   reduction: str = "mean", process_group=None) -> torch.Tensor:
         """One training step without the autograd tape: forward, `loss` ("mse": F.mse_loss with
         `reduction` "mean" or "sum") and its gradient, backward, and `optimizer`'s update of
         every parameter (a `torch.optim.SGD` or `fusedgrad.optim.SGD` holding them all, with
         its groups' settings and momentum buffers). Returns the loss before the update, a 0-d
         tensor (float32 for 16-bit models, as the tutorial step's: a 16-bit sum of squares
         would overflow; float64 for float64 models or targets), without a host sync. On CUDA: 3L - 1 GEMM launches for L layers and
-        one for the biases, each update in its weight-gradient GEMM's epilogue."""
-        return mlp_train_step(self, x, target, optimizer, loss, reduction)
+        one for the biases, each update in its weight-gradient GEMM's epilogue.
+        With a `process_group` (torch.distributed), x and target are this rank's shard: the
+        gradients are summed across the group (bucketed, overlapping backward) before one
+        update, so every rank takes the step of the whole batch and returns its loss
+        (`fusedgrad.distributed`; a mean needs equal shards, as DDP's averaging does)."""
+        return mlp_train_step(self, x, target, optimizer, loss, reduction, process_group)
 
     def cuda_graph_step(self, x: torch.Tensor, target: torch.Tensor, optimizer, loss: str = "mse",
-                        reduction: str = "mean") -> MLPGraphStep:
-        """Capture `train_step` in a CUDA graph (CUDA tensors, Triton backend): `.replay()` then
-        runs one step per graph launch; new data goes into `.x` and `.target`."""
-        return MLPGraphStep(self, x, target, optimizer, loss, reduction)
+                        reduction: str = "mean", process_group=None) -> MLPGraphStep:
+        """Capture `train_step` in a CUDA graph (CUDA tensors, Triton backend; an NCCL
+        `process_group`'s collectives too): `.replay()` then runs one step per graph launch;
+        new data goes into `.x` and `.target`."""
+        return MLPGraphStep(self, x, target, optimizer, loss, reduction, process_group)
 
     def __getitem__(self, index):
         """A layer, or for a slice an `nn.Sequential` of those layers (a slice of an MLP need not
@@ -96,11 +101,14 @@ class TwoLayerNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return mm(mm_relu(x, self.w1), self.w2)
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float | torch.Tensor) -> torch.Tensor:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float | torch.Tensor,
+                   process_group=None) -> torch.Tensor:
         """Forward, loss sum((y_pred - y)**2), backward and SGD update without the autograd tape;
-        returns the loss tensor (before the update) without a host sync."""
-        return train_step(x, y, self.w1.detach(), self.w2.detach(), lr)
+        returns the loss tensor (before the update) without a host sync. With a
+        `process_group`, data-parallel as `fusedgrad.train_step`."""
+        return train_step(x, y, self.w1.detach(), self.w2.detach(), lr, process_group)
 
-    def cuda_graph_step(self, x: torch.Tensor, y: torch.Tensor, lr: float | torch.Tensor) -> CUDAGraphStep:
+    def cuda_graph_step(self, x: torch.Tensor, y: torch.Tensor, lr: float | torch.Tensor,
+                        process_group=None) -> CUDAGraphStep:
         """Capture `train_step` in a CUDA graph: `.replay()` then runs one step per launch."""
-        return CUDAGraphStep(x, y, self.w1.detach(), self.w2.detach(), lr)
+        return CUDAGraphStep(x, y, self.w1.detach(), self.w2.detach(), lr, process_group)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from . import dispatch, library, settings
+from . import dispatch, distributed, library, settings
 from .checks import check_lr, check_operands, check_writable, memory_span, share_memory
+from .kernels.config import PLAIN_SGD, Update
 from .kernels.precision import accumulator_dtype
 
 
@@ -98,7 +99,7 @@ library.define("train_step_(Tensor x, Tensor y, Tensor(a!) w1, Tensor(b!) w2, Te
 
 
 def train_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
-               lr: float | torch.Tensor) -> torch.Tensor:
+               lr: float | torch.Tensor, process_group=None) -> torch.Tensor:
     """One SGD step of `relu(x @ w1) @ w2` on `sum((y_pred - y)**2)`: updates w1 and w2 in place
     and returns the step's loss (computed before the update; a 0-d float32 tensor, float64 for
     float64 inputs: a 16-bit sum of squares would overflow) without a host sync. The step
@@ -106,15 +107,39 @@ def train_step(x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: torch.Ten
     in their dtype. Refused before anything is written: weights that are expanded or overlap
     themselves or each other, inference tensors outside inference mode, and `lr` outside the
     rule of `checks.check_lr`. x or lr sharing memory with a weight is read from a copy. The op
-    is `fusedgrad::train_step_`."""
+    is `fusedgrad::train_step_`.
+
+    With a `process_group` (torch.distributed), x and y are this rank's shard of the batch: the
+    step computes the gradients (the layers as `nn.Linear` would hold them, w1.T and w2.T),
+    sums them across the group and updates every replica alike, returning the whole batch's
+    loss (`fusedgrad.distributed`); w1 and w2 must then be contiguous or transposed."""
+    if process_group is not None:
+        return _data_parallel_step(x, y, w1, w2, lr, process_group)
     lr_tensor, lr_number = library.lr_arguments(lr)
     if library.eager(x, y, w1, w2):
         return _step_kernel(x, y, w1, w2, lr_tensor, lr_number)
     return torch.ops.fusedgrad.train_step_(x, y, w1, w2, lr_tensor, lr_number)
 
 
+@torch._disable_dynamo  # torch.compile runs the step as it is, collectives included
+def _data_parallel_step(x, y, w1, w2, lr, process_group) -> torch.Tensor:
+    process_group = distributed.check_process_group(process_group, "train_step")
+    _check(x, y, w1, w2, lr)
+    x, lr = _read_apart(x, w1, w2, lr)
+    weights, update = [w1.detach().T, w2.detach().T], Update(lr, PLAIN_SGD, None, False)
+    distributed.check_dense("train_step", [w1, w2], [update, update], ["w1", "w2"])
+    triton = dispatch.resolve(x) == "triton"
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        loss = distributed.data_parallel_step(x, y, weights, [None, None], [update, update], [None, None], "mse",
+                                              "sum", accumulator_dtype(x.dtype), process_group, triton,
+                                              settings.kernel_fp32_precision(), settings.tuner())
+    library.bump_versions(w1, w2)
+    return loss
+
+
 class CUDAGraphStep:
-    """`train_step(x, y, w1, w2, lr)` captured once in a CUDA graph.
+    """`train_step(x, y, w1, w2, lr, process_group)` captured once in a CUDA graph (with a
+    process group, an NCCL one: its collectives are captured too).
 
     Inputs are static buffers: copy new data into `.x` and `.y` (and a new rate into `.lr`)
     before `replay()`. `replay()` runs one whole step as a single graph launch and returns the
@@ -124,7 +149,8 @@ class CUDAGraphStep:
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
-                 lr: float | torch.Tensor):
+                 lr: float | torch.Tensor, process_group=None):
+        process_group = distributed.check_capturable(process_group, "CUDAGraphStep")
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"CUDAGraphStep: x must be a torch.Tensor, got {type(x).__name__}")
         check_lr(lr, "CUDAGraphStep", x.device)  # before a float becomes a tensor the rule cannot read
@@ -141,11 +167,11 @@ class CUDAGraphStep:
             side = torch.cuda.Stream(x.device)
             side.wait_stream(torch.cuda.current_stream(x.device))
             with torch.cuda.stream(side):
-                train_step(self.x, self.y, warm_w1, warm_w2, self.lr)
+                train_step(self.x, self.y, warm_w1, warm_w2, self.lr, process_group)
             torch.cuda.current_stream(x.device).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                self.loss = train_step(self.x, self.y, w1.detach(), w2.detach(), self.lr)
+                self.loss = train_step(self.x, self.y, w1.detach(), w2.detach(), self.lr, process_group)
 
     def replay(self) -> torch.Tensor:
         self.graph.replay()

@@ -8,6 +8,11 @@ Modes, all on the same data from the same seed:
     step            `fusedgrad.train_step`: the whole step without the autograd tape
     step + graph    that step captured once in a CUDA graph and replayed
 The loss is read back to the host only on the steps that print (1, 100, 200, ...).
+
+Data-parallel (`distributed`, one process per rank under torchrun): every rank draws the same
+problem, takes its shard of the batch's rows and trains its replica; the fused step sums the
+gradients across the ranks (`fusedgrad.distributed`), the eager loops all-reduce `.grad`
+before their update, and the losses printed are the whole batch's, as one process prints them.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import dataclasses
 import datetime
 import importlib.metadata
 import platform
+import os
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -51,6 +57,7 @@ class TrainConfig:
     bias: bool = False
     momentum: float = 0.0
     loss: str = "mse"                # or "cross_entropy" (targets: class indices); summed, as the tutorial's
+    distributed: bool = False        # data-parallel over the ranks torchrun started (gloo on CPU, NCCL on CUDA)
 
     @property
     def is_mlp(self) -> bool:
@@ -72,6 +79,8 @@ class TrainResult:
     w1: torch.Tensor | None  # the tutorial's weights (None for an MLP run)
     w2: torch.Tensor | None
     parameters: list[torch.Tensor] = dataclasses.field(default_factory=list)  # an MLP run's, in order
+    rank: int = 0            # this process's rank and the number of ranks (data-parallel runs)
+    ranks: int = 1
 
     @property
     def steps_per_second(self) -> float:
@@ -82,6 +91,70 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def under_torchrun() -> bool:
+    """Whether this process was started by torchrun (which sets `TORCHRUN_VARIABLES`)."""
+    return all(name in os.environ for name in TORCHRUN_VARIABLES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranks:
+    """Where this process stands in a data-parallel run: its rank, the number of ranks and
+    their process group. One process is `Ranks()`."""
+
+    rank: int = 0
+    count: int = 1
+    group: Any = None
+
+    def shard(self, t: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a batch, as `tensor_split` deals them (shards differ by a row at most)."""
+        return t if self.group is None else t.tensor_split(self.count)[self.rank]
+
+    def sum_(self, tensors) -> None:
+        """Sum each tensor across the ranks, in place (the eager loops' gradients)."""
+        if self.group is not None:
+            import torch.distributed as dist
+            for t in tensors:
+                dist.all_reduce(t, group=self.group)
+
+    def summed(self, loss: torch.Tensor) -> torch.Tensor:
+        """`loss` summed across the ranks (a new tensor; `loss` itself with one process)."""
+        if self.group is None:
+            return loss
+        total = loss.detach().clone()
+        self.sum_([total])
+        return total
+
+
+def join_ranks(config: TrainConfig) -> tuple[Ranks, torch.device]:
+    """(this process's Ranks, its device): for a distributed run, the process group torchrun's
+    variables describe (NCCL on CUDA, each rank on GPU LOCAL_RANK; gloo on CPU)."""
+    if not config.distributed:
+        return Ranks(), resolve_device(config.device)
+    import torch.distributed as dist
+    if not under_torchrun():
+        raise RuntimeError(f"a distributed run needs torchrun's variables ({', '.join(TORCHRUN_VARIABLES)}): "
+                           f"torchrun --nproc-per-node N -m fusedgrad --distributed")
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Ranks(dist.get_rank(), dist.get_world_size(), dist.group.WORLD), device
+
+
+def leave_ranks(ranks: Ranks, finished: bool = True) -> None:
+    """Tear the group down: once every rank is done with it (`finished`), or at once on an
+    error (the other ranks may wait in another collective; torchrun stops them)."""
+    if ranks.group is not None:
+        import torch.distributed as dist
+        if finished:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def make_problem(config: TrainConfig, device: torch.device, dtype: torch.dtype):
@@ -101,22 +174,24 @@ def forward_reference(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> to
     return x.mm(w1).clamp(min=0).mm(w2)
 
 
-def _reference_step(x, y, w1, w2, lr: float) -> torch.Tensor:
+def _reference_step(x, y, w1, w2, lr: float, ranks: Ranks) -> torch.Tensor:
     loss = (forward_reference(x, w1, w2) - y).pow(2).sum()
     loss.backward()
+    ranks.sum_([w1.grad, w2.grad])
     with torch.no_grad():
         w1 -= lr * w1.grad
         w2 -= lr * w2.grad
     w1.grad = w2.grad = None
-    return loss
+    return ranks.summed(loss)
 
 
-def _autograd_step(x, y, w1, w2, optimizer) -> torch.Tensor:
+def _autograd_step(x, y, w1, w2, optimizer, ranks: Ranks) -> torch.Tensor:
     loss = mse_loss(forward_fused(x, w1, w2), y, reduction="sum")
     loss.backward()
+    ranks.sum_([w1.grad, w2.grad])
     optimizer.step()
     optimizer.zero_grad()
-    return loss
+    return ranks.summed(loss)
 
 
 def resolve_mode(config: TrainConfig, device: torch.device) -> tuple[str, bool]:
@@ -124,9 +199,10 @@ def resolve_mode(config: TrainConfig, device: torch.device) -> tuple[str, bool]:
     if config.reference:
         return "reference", False
     mode = "step" if config.mode == "auto" else config.mode
-    if config.is_mlp:
+    if config.is_mlp or config.distributed:
         if config.cuda_graph:
-            raise ValueError("an MLP run (--layers, --bias, --momentum, --loss) does not replay a CUDA graph")
+            raise ValueError("an MLP run (--layers, --bias, --momentum, --loss) or a distributed one does not "
+                             "replay a CUDA graph")
         return mode, False
     cuda_graph = config.cuda_graph if config.cuda_graph is not None else (device.type == "cuda" and mode == "step")
     if cuda_graph and (device.type != "cuda" or mode != "step"):
@@ -144,16 +220,17 @@ def describe_backend(mode: str, x: torch.Tensor) -> str:
     return backend
 
 
-def make_step(mode: str, cuda_graph: bool, x, y, w1, w2, lr: float) -> Callable[[], torch.Tensor]:
-    """A callable running one training step on these tensors and returning its loss tensor."""
+def make_step(mode: str, cuda_graph: bool, x, y, w1, w2, lr: float, ranks: Ranks = Ranks()) -> Callable[[], torch.Tensor]:
+    """A callable running one training step on these tensors (this rank's shard of x and y)
+    and returning its loss tensor (the whole batch's)."""
     if mode == "reference":
-        return lambda: _reference_step(x, y, w1, w2, lr)
+        return lambda: _reference_step(x, y, w1, w2, lr, ranks)
     if mode == "autograd":
         optimizer = SGD([w1, w2], lr=lr)
-        return lambda: _autograd_step(x, y, w1, w2, optimizer)
+        return lambda: _autograd_step(x, y, w1, w2, optimizer, ranks)
     if cuda_graph:
         return CUDAGraphStep(x, y, w1.detach(), w2.detach(), lr).replay
-    return lambda: train_step(x, y, w1.detach(), w2.detach(), lr)
+    return lambda: train_step(x, y, w1.detach(), w2.detach(), lr, ranks.group)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -169,19 +246,37 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     """Run the tutorial loop (or an MLP's, `train_mlp`); `log` gets the progress lines. One warm-up step on copies of the
     weights (kernel compilation, allocator warm-up; for a CUDA graph also the capture) runs
     before the clock starts."""
-    if config.is_mlp:
-        from .train_mlp import train_mlp
-        return train_mlp(config, log)
-    device = resolve_device(config.device)
+    ranks, device = join_ranks(config)
+    try:
+        if ranks.rank != 0:
+            log = _silent
+        if config.is_mlp:
+            from .train_mlp import train_mlp
+            result = train_mlp(config, log, ranks, device)
+        else:
+            result = _train_tutorial(config, log, ranks, device)
+    except BaseException:
+        leave_ranks(ranks, finished=False)
+        raise
+    leave_ranks(ranks)
+    return dataclasses.replace(result, rank=ranks.rank, ranks=ranks.count)
+
+
+def _silent(line: str) -> None:
+    """The log of ranks other than 0: rank 0 prints for the run."""
+
+
+def _train_tutorial(config: TrainConfig, log: Callable[[str], None], ranks: Ranks, device: torch.device) -> TrainResult:
     dtype = DTYPES[config.dtype]
     x, y, w1, w2 = make_problem(config, device, dtype)
+    x, y = ranks.shard(x), ranks.shard(y)
     mode, cuda_graph = resolve_mode(config, device)
 
     with settings.backend(config.backend):
         backend = describe_backend(mode, x)
         warm_w1, warm_w2 = (w.detach().clone().requires_grad_() for w in (w1, w2))
-        make_step(mode, False, x, y, warm_w1, warm_w2, config.lr)()
-        step = make_step(mode, cuda_graph, x, y, w1, w2, config.lr)
+        make_step(mode, False, x, y, warm_w1, warm_w2, config.lr, ranks)()
+        step = make_step(mode, cuda_graph, x, y, w1, w2, config.lr, ranks)
         losses, seconds = run_steps(step, config.steps, device, log)
 
     return TrainResult(losses=losses, steps=config.steps, seconds=seconds, device=describe_device(device),

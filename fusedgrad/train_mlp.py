@@ -23,7 +23,8 @@ from .kernels.precision import DTYPES
 from .loss import mse_loss
 from .nn import MLP
 from .optim import SGD
-from .train import TrainConfig, TrainResult, describe_backend, describe_device, resolve_device, resolve_mode, run_steps
+from .train import (Ranks, TrainConfig, TrainResult, describe_backend, describe_device, resolve_device, resolve_mode,
+                    run_steps)
 
 
 def make_mlp_problem(config: TrainConfig, device: torch.device, dtype: torch.dtype):
@@ -54,45 +55,52 @@ def eager_twin(model: MLP) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def make_mlp_step(mode: str, model: MLP, x, target, config: TrainConfig) -> tuple[Callable[[], torch.Tensor], list]:
-    """(a callable running one step and returning its loss tensor, the parameters it trains)."""
+def make_mlp_step(mode: str, model: MLP, x, target, config: TrainConfig,
+                  ranks: Ranks = Ranks()) -> tuple[Callable[[], torch.Tensor], list]:
+    """(a callable running one step on this rank's shard and returning the whole batch's loss
+    tensor, the parameters it trains)."""
     if mode == "reference":
         reference = eager_twin(model)
         optimizer = torch.optim.SGD(reference.parameters(), lr=config.lr, momentum=config.momentum)
         criterion = F.mse_loss if config.loss == "mse" else F.cross_entropy
-        return _autograd_step(lambda: criterion(reference(x), target, reduction="sum"), optimizer), \
+        return _autograd_step(lambda: criterion(reference(x), target, reduction="sum"), optimizer, ranks), \
             list(reference.parameters())
     optimizer = SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
     if mode == "autograd":
         if config.loss == "mse":
-            return _autograd_step(lambda: mse_loss(model(x), target, reduction="sum"), optimizer), \
+            return _autograd_step(lambda: mse_loss(model(x), target, reduction="sum"), optimizer, ranks), \
                 list(model.parameters())
         # no fused cross-entropy op: torch's own on fusedgrad's layers
-        return _autograd_step(lambda: F.cross_entropy(model(x), target, reduction="sum"), optimizer), \
+        return _autograd_step(lambda: F.cross_entropy(model(x), target, reduction="sum"), optimizer, ranks), \
             list(model.parameters())
-    return lambda: model.train_step(x, target, optimizer, loss=config.loss, reduction="sum"), list(model.parameters())
+    return (lambda: model.train_step(x, target, optimizer, loss=config.loss, reduction="sum",
+                                     process_group=ranks.group)), list(model.parameters())
 
 
-def _autograd_step(loss_of: Callable[[], torch.Tensor], optimizer) -> Callable[[], torch.Tensor]:
+def _autograd_step(loss_of: Callable[[], torch.Tensor], optimizer, ranks: Ranks) -> Callable[[], torch.Tensor]:
     def step():
         loss = loss_of()
         loss.backward()
+        ranks.sum_([p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None])
         optimizer.step()
         optimizer.zero_grad()
-        return loss
+        return ranks.summed(loss)
     return step
 
 
-def train_mlp(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
-    """Train the MLP `config` describes; a warm-up step on a copy of the model runs first."""
-    device = resolve_device(config.device)
+def train_mlp(config: TrainConfig, log: Callable[[str], None] = print, ranks: Ranks = Ranks(),
+              device: torch.device | None = None) -> TrainResult:
+    """Train the MLP `config` describes (this rank's shard of it); a warm-up step on a copy of
+    the model runs first."""
+    device = resolve_device(config.device) if device is None else device
     model, x, target = make_mlp_problem(config, device, DTYPES[config.dtype])
+    x, target = ranks.shard(x), ranks.shard(target)
     mode, _ = resolve_mode(config, device)
     with settings.backend(config.backend):
         backend = describe_backend(mode, x)
-        warm_up, _ = make_mlp_step(mode, _copy(model), x, target, config)
+        warm_up, _ = make_mlp_step(mode, _copy(model), x, target, config, ranks)
         warm_up()
-        step, parameters = make_mlp_step(mode, model, x, target, config)
+        step, parameters = make_mlp_step(mode, model, x, target, config, ranks)
         losses, seconds = run_steps(step, config.steps, device, log)
     return TrainResult(losses=losses, steps=config.steps, seconds=seconds, device=describe_device(device),
                        backend=backend, mode=mode, w1=None, w2=None,

@@ -15,7 +15,7 @@ from .precision import DTYPES, DOT_PRECISIONS, KERNEL_DTYPES, PRECISIONS
 _LAUNCHERS = {"INTERPRETED": "gemm", "matmul": "gemm", "matmul_unchecked": "gemm", "mse_loss_and_grad": "mse_loss",
               "sgd_step": "sgd", "sgd_step_unchecked": "sgd", "two_layer_sgd_step": "train_step",
               "linear_unchecked": "linear", "weight_and_bias_grad_unchecked": "linear",
-              "mlp_sgd_step": "mlp_step"}
+              "mlp_sgd_step": "mlp_step", "mlp_gradients": "mlp_step"}
 _SUBMODULES = ("cross_entropy", "gemm", "linear", "mlp_step", "mse_loss", "reduce", "sgd", "train_step", "tuning")
 
 

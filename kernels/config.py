@@ -1,4 +1,5 @@
-"""A GEMM launch configuration, validated once, and the kernel variant a configuration is tuned for.
+"""A GEMM launch configuration, validated once, the kernel variant a configuration is tuned for,
+and how parameters take their SGD step (rules, updates, their grouping into launches).
 
 The fields are named as the kernel's meta-parameters (and Triton's launch options `num_warps`,
 `num_stages`), so a configuration unpacks straight into a launch: adding a meta-parameter is one
@@ -10,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 from typing import Any, Mapping, NamedTuple
+
+import torch
 
 
 def _is_power_of_two(value: int) -> bool:
@@ -133,3 +136,18 @@ class Update(NamedTuple):
     rule: UpdateRule
     buffer: Any
     fresh: bool
+
+
+def update_groups(params: list, grads: list, updates: list) -> list[tuple[Update, list, list, list | None]]:
+    """(update, params, grads, buffers or None) per rate, rule and freshness of the present
+    parameters (None entries are skipped): what one `sgd.sgd_step_unchecked` call takes."""
+    groups: dict = {}
+    for param, grad, update in zip(params, grads, updates):
+        if param is not None:
+            key = (id(update.lr) if isinstance(update.lr, torch.Tensor) else update.lr, update.rule, update.fresh)
+            groups.setdefault(key, (update, []))[1].append((param, grad, update.buffer))
+    found = []
+    for update, members in groups.values():
+        group_params, group_grads, group_buffers = (list(column) for column in zip(*members))
+        found.append((update, group_params, group_grads, None if update.buffer is None else group_buffers))
+    return found

@@ -243,3 +243,28 @@ def test_mlp_rows_at_tiny_size(tmp_path):
     for row in rows.values():
         assert row["us_per_step"] > 0 and row["rel_error_vs_eager"] < 1e-4
     assert "| fusedgrad step |" in result.stdout
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_distributed_rows_under_torchrun(tmp_path):
+    """torchrun ... bench/run.py --distributed --quick (bench/distributed.py) on 2 ranks over
+    127.0.0.1: a row per case and rank count, scaling efficiency relative to one rank."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "distributed.json"
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    env["GLOO_SOCKET_IFNAME"] = "lo"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--nnodes", "1",
+                             "--master-addr", "127.0.0.1", "--master-port", str(port), str(BENCH / "run.py"),
+                             "--distributed", "--quick", "--json", str(out)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    record = json.loads(out.read_text())
+    assert record["world_size"] == 2 and record["backend"] in ("gloo", "nccl")
+    assert sorted((row["case"].split()[0], row["ranks"]) for row in record["rows"]) == [
+        ("MLP", 1), ("MLP", 2), ("tutorial", 1), ("tutorial", 2)]
+    for row in record["rows"]:
+        assert row["steps_per_second"] > 0 and row["scaling_efficiency"] > 0
+        assert row["ranks"] > 1 or row["scaling_efficiency"] == 1.0

@@ -435,3 +435,21 @@ def test_mlp_step_launch_count(monkeypatch):
         names = count_gpu_work(lambda: model.train_step(x, target, optimizer))
     assert len(names) == 3 * len(model), names  # the GPU runs those kernels and nothing else
     assert sum("_matmul_kernel" in name for name in names) == 3 * len(model) - 1, names
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_data_parallel_steps_on_nccl_and_captured_in_graphs():
+    """`distributed_checks.py 2 nccl`: on GPUs 0 and 1 with NCCL, the data-parallel fused steps
+    equal the one-process step on the whole batch, and their CUDA-graph captures (collectives
+    included) replay the un-graphed steps."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+    script = pathlib.Path(__file__).resolve().parent / "distributed_checks.py"
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, str(script), "2", "nccl"], capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    assert [line[3:] for line in result.stdout.splitlines() if line.startswith("ok ")] == [
+        f"{check} 2 ranks nccl" for check in ("check_mlp_steps", "check_tutorial_steps", "check_graph_steps")], result.stdout
