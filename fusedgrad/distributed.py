@@ -9,8 +9,9 @@ A fused step applies each update inside its weight-gradient GEMM, so under
 drift apart. With a process group the step is instead `kernels.mlp_gradients` (or its ATen
 twin) writing every gradient into a view of one flat buffer, laid out in the order backward
 finishes them (last layer first) and cut at layer boundaries into buckets of about
-`BUCKET_BYTES` (the first of about `FIRST_BUCKET_BYTES`); each bucket's `all_reduce` starts (asynchronously) as soon as its last layer's
-gradient launch is issued, so it overlaps the GEMMs of the layers below. A mean loss is
+`BUCKET_BYTES` (the first of about `FIRST_BUCKET_BYTES`); each bucket's `all_reduce` starts
+(asynchronously) as soon as its last layer's gradient launch is issued, so it overlaps the
+GEMMs of the layers below. A mean loss is
 divided by the world size times the shard's terms inside the kernels, so the sum across
 ranks is the whole batch's mean (for equal shards, which is what DDP's averaging assumes too);
 a summed loss's gradients are simply summed. The loss takes one more `all_reduce` of its own.
@@ -27,6 +28,7 @@ has neither; that is the price of summing before updating.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from . import kernels
 from .kernels.config import Update, update_groups
@@ -42,7 +44,6 @@ def check_process_group(process_group, where: str):
     """`process_group` (None: no collective) after checking torch.distributed is ready for it."""
     if process_group is None:
         return None
-    import torch.distributed as dist
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError(f"{where}: process_group given but torch.distributed is not initialized "
                            f"(call torch.distributed.init_process_group first, or run under torchrun)")
@@ -56,7 +57,6 @@ def check_capturable(process_group, where: str):
     """`check_process_group`, and for a group an NCCL one: what a CUDA graph can capture."""
     process_group = check_process_group(process_group, where)
     if process_group is not None:
-        import torch.distributed as dist
         if dist.get_backend(process_group) != "nccl":
             raise ValueError(f"{where}: a CUDA graph captures NCCL collectives only, got a "
                              f"{dist.get_backend(process_group)} process group")
@@ -117,7 +117,6 @@ class GradientBuckets:
 
     def layer_done(self, index: int) -> None:
         if index in self.closing:
-            import torch.distributed as dist
             start, end = self.closing[index]
             self.works.append(dist.all_reduce(self.flat[start:end], group=self.group, async_op=True))
 
@@ -133,7 +132,6 @@ def data_parallel_step(x, target, weights, biases, weight_updates: list[Update],
     """One data-parallel SGD step of the MLP `weights`/`biases` (arguments as
     `kernels.mlp_sgd_step` takes them, checked by the caller) over `process_group`, on the
     Triton kernels (`triton`) or ATen. Returns the whole batch's loss on every rank."""
-    import torch.distributed as dist
     ranks = dist.get_world_size(process_group)
     buckets = GradientBuckets(weights, biases, process_group)
     arguments = (x, target, weights, biases, buckets.weight_grads, buckets.bias_grads, loss_kind, reduction,
@@ -141,7 +139,7 @@ def data_parallel_step(x, target, weights, biases, weight_updates: list[Update],
     if triton:
         loss = kernels.mlp_gradients(*arguments, fp32_precision, tuner)
     else:
-        from .mlp_step import mlp_gradients_reference
+        from .mlp_step import mlp_gradients_reference  # here: mlp_step imports this module
         loss = mlp_gradients_reference(*arguments)
     loss_summed = dist.all_reduce(loss.view(1), group=process_group, async_op=True)
     buckets.wait()

@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 
 from . import dispatch, settings
 from .kernels.precision import DTYPES
@@ -117,7 +118,6 @@ class Ranks:
     def sum_(self, tensors) -> None:
         """Sum each tensor across the ranks, in place (the eager loops' gradients)."""
         if self.group is not None:
-            import torch.distributed as dist
             for t in tensors:
                 dist.all_reduce(t, group=self.group)
 
@@ -135,7 +135,6 @@ def join_ranks(config: TrainConfig) -> tuple[Ranks, torch.device]:
     variables describe (NCCL on CUDA, each rank on GPU LOCAL_RANK; gloo on CPU)."""
     if not config.distributed:
         return Ranks(), resolve_device(config.device)
-    import torch.distributed as dist
     if not under_torchrun():
         raise RuntimeError(f"a distributed run needs torchrun's variables ({', '.join(TORCHRUN_VARIABLES)}): "
                            f"torchrun --nproc-per-node N -m fusedgrad --distributed")
@@ -151,7 +150,6 @@ def leave_ranks(ranks: Ranks, finished: bool = True) -> None:
     """Tear the group down: once every rank is done with it (`finished`), or at once on an
     error (the other ranks may wait in another collective; torchrun stops them)."""
     if ranks.group is not None:
-        import torch.distributed as dist
         if finished:
             dist.barrier()
         dist.destroy_process_group()
