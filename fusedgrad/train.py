@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import gc
 import importlib.metadata
 import platform
 import os
@@ -148,11 +149,15 @@ def join_ranks(config: TrainConfig) -> tuple[Ranks, torch.device]:
 
 def leave_ranks(ranks: Ranks, finished: bool = True) -> None:
     """Tear the group down: once every rank is done with it (`finished`), or at once on an
-    error (the other ranks may wait in another collective; torchrun stops them)."""
+    error (the other ranks may wait in another collective; torchrun stops them). Then collect
+    garbage: a gloo group that a reference cycle keeps alive past `destroy_process_group` (once
+    torch._dynamo is imported, as the fused steps do) would otherwise be freed at interpreter
+    exit, which sometimes aborts the process ("terminate called without an active exception")."""
     if ranks.group is not None:
         if finished:
             dist.barrier()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def make_problem(config: TrainConfig, device: torch.device, dtype: torch.dtype):
