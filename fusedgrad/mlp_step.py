@@ -221,7 +221,7 @@ def _check_data_parallel(where: str, step: _Step) -> None:
     distributed.check_dense(where, step.params, step.updates(), names)
 
 
-def _run_data_parallel(where: str, step: _Step, process_group) -> torch.Tensor:
+def _run_data_parallel(step: _Step, process_group) -> torch.Tensor:
     """The step over `process_group` (`distributed.data_parallel_step`), on the backend in force."""
     triton = dispatch.resolve(step.x) == "triton"
     with torch.autocast(step.x.device.type, enabled=False):
@@ -239,7 +239,7 @@ def mlp_train_step(model, x: torch.Tensor, target: torch.Tensor, optimizer, loss
         result = _run(step)
     else:
         _check_data_parallel("MLP.train_step", step)
-        result = _run_data_parallel("MLP.train_step", step, process_group)
+        result = _run_data_parallel(step, process_group)
     _finish(step, optimizer)
     return result
 
@@ -306,7 +306,7 @@ class MLPGraphStep:
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         run = _run if self.process_group is None else (
-            lambda step: _run_data_parallel("MLP.cuda_graph_step", step, self.process_group))
+            lambda step: _run_data_parallel(step, self.process_group))
         with torch.cuda.stream(side), torch.no_grad():
             run(warm)
         torch.cuda.current_stream(device).wait_stream(side)
