@@ -46,9 +46,10 @@ class Recorder:
         return self.planned and self.launcher.launch_plan(plan, pointers, floats)
 
 
-def recording(module, fn, planned: bool = False) -> list:
+def launches_of(module, fn, planned: bool = False) -> list:
     """The (launcher, grid, args, variant) of each launch `fn()` makes through `module`'s
-    Launchers (gemm has two: its plain entry and the whole kernel), in launch order."""
+    Launchers (gemm has two: its plain entry and the whole kernel), in launch order; plans are
+    taken only if `planned` (else every launch is recorded)."""
     names = {gemm: ("_LAUNCHER", "_PLAIN_LAUNCHER"), reduce: ("_SUM_LAUNCHER",)}.get(module, ("_LAUNCHER",))
     launchers, calls = {name: getattr(module, name) for name in names}, []
     for name, launcher in launchers.items():
@@ -59,11 +60,6 @@ def recording(module, fn, planned: bool = False) -> list:
         for name, launcher in launchers.items():
             setattr(module, name, launcher)
     return calls
-
-
-def launches_of(module, fn) -> list:
-    """The (launcher, grid, args, variant) of each launch `fn()` makes, every one recorded."""
-    return recording(module, fn)
 
 
 def by_kernel_grid(launcher, grid, args, variant) -> stub_driver.Launch:
@@ -161,7 +157,7 @@ def launches_during(fn, planned: bool) -> list:
     launches, record = [], DRIVER.record
     DRIVER.record = lambda *launch: (launches.append(launch), record(*launch))
     try:
-        calls = recording(gemm, fn, planned)
+        calls = launches_of(gemm, fn, planned)
     finally:
         DRIVER.record = record
     assert not (planned and calls), f"{len(calls)} launches missed their plan"
